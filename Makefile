@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` and `make test` (see README.md).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+SPACE   ?= tune_spaces/smoke.yaml
+# The CPU wheel of torch; an unpinned torch would pull a multi-GB CUDA build.
+TORCH   ?= torch==2.13.0
+
+.PHONY: run test lint format bench install clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/python -m ray_mtl.prepare --tasks eng-fra,eng-ron
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python bench/prepare.py
+
+clean:
+	rm -rf $(VENV) runs results bench/out

@@ -1,0 +1,449 @@
+"""Typed configs: dataclasses with a docstring per field, validated in ``__post_init__``.
+
+    cfg = load(TrainConfig, "run.yaml")        # YAML -> typed, validated config
+    plain = to_dict(cfg)                       # only at the Ray boundary
+    cfg = from_dict(TrainConfig, plain)        # and back inside the worker
+
+``from_dict`` checks every key and type against the dataclass annotations, so a typo or a wrong
+type is reported with the file and the dotted field path (``run.yaml: model.d_model: expected
+int, got 'big'``) instead of surfacing later as a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from ray_mtl.errors import UserError
+
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------------------------
+# Generic machinery
+# --------------------------------------------------------------------------------------------
+
+
+def check(cond: bool, field: str, expected: str, got: Any) -> None:
+    """Raise a UserError naming ``field``, what was expected and what was found."""
+    if not cond:
+        raise UserError(f"{field}: expected {expected}, got {got!r}")
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file with ``yaml.safe_load``; errors name the file (and line where known)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}{where}: invalid YAML ({problem})") from None
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of {_type_name(typing.get_args(tp)[1])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, field: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, field)
+            except UserError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise UserError(f"{field}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        check(value in typing.get_args(tp), field, _type_name(tp), value)
+        return value
+    if origin in (list, tuple):
+        check(isinstance(value, list | tuple), field, _type_name(tp), value)
+        (arg,) = typing.get_args(tp)[:1]
+        items = [_convert(arg, v, f"{field}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        check(isinstance(value, dict), field, _type_name(tp), value)
+        _, varg = typing.get_args(tp)
+        out = {}
+        for k, v in value.items():
+            check(isinstance(k, str), f"{field} key", "a string", k)
+            out[k] = _convert(varg, v, f"{field}.{k}")
+        return out
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return _build(tp, value, field)
+    if tp is bool:
+        check(isinstance(value, bool), field, "true or false", value)
+        return value
+    if tp is int:
+        check(isinstance(value, int) and not isinstance(value, bool), field, "an integer", value)
+        return value
+    if tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        check(ok, field, "a number", value)
+        return float(value)
+    if tp is str:
+        check(isinstance(value, str), field, "a string", value)
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {field}")
+
+
+def from_dict(cls: type[T], data: Any, source: str = "") -> T:
+    """Build dataclass ``cls`` from plain data, checking keys and types recursively.
+
+    ``source`` (a file name) prefixes every error, which also names the dotted field path.
+    """
+    try:
+        return _build(cls, data, "")
+    except UserError as e:
+        raise UserError(f"{source}: {e}" if source else str(e)) from None
+
+
+def _build(cls: type[T], data: Any, path: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path or 'top level'}: expected a mapping ({cls.__name__}), got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    dot = f"{path}." if path else ""
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        expected = ", ".join(sorted(fields))
+        raise UserError(f"{dot}{unknown[0]}: unknown field (expected one of: {expected})")
+    missing = sorted(f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in data)
+    if missing:
+        raise UserError(f"{dot}{missing[0]}: missing (required by {cls.__name__})")
+    kwargs = {name: _convert(hints[name], value, dot + name) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except UserError as e:
+        raise UserError(f"{dot}{e}") from None
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config as plain dicts/lists, for the Ray boundary and for writing YAML/JSON."""
+    return dataclasses.asdict(cfg)
+
+
+def load(cls: type[T], path: str | Path) -> T:
+    """Load a YAML file into ``cls``; every error names the file."""
+    data = load_yaml(path)
+    return from_dict(cls, data, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def check_name(name: str, field: str) -> None:
+    """Names end up in paths: letters, digits, ``_-.`` only, never ``..`` or ``/``."""
+    ok = bool(name) and set(name) <= NAME_CHARS and name not in (".", "..") and ".." not in name
+    check(ok, field, "a name of letters, digits, '_', '-', '.' (no '/' or '..')", name)
+
+
+@dataclasses.dataclass
+class TaskSpec:
+    """A user-supplied translation direction (the shipped Tatoeba pairs need none)."""
+
+    name: str
+    """Task name, e.g. ``eng-ron``; used in paths and metrics."""
+    src_lang: str
+    """Source language code (ISO 639-3, e.g. ``eng``)."""
+    tgt_lang: str
+    """Target language code; the model sees ``<2{tgt_lang}>`` on the source."""
+    train: list[str]
+    """Training files: TSV (plain or .gz, ``source<TAB>target``) or Parquet."""
+    test: list[str] = dataclasses.field(default_factory=list)
+    """Test files, same formats; empty means a test set is carved from train like dev."""
+    src_column: str = "src"
+    """Parquet only: the source-text column."""
+    tgt_column: str = "tgt"
+    """Parquet only: the target-text column."""
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "name")
+        for f in ("src_lang", "tgt_lang"):
+            v = getattr(self, f)
+            check(v.isalpha() and 2 <= len(v) <= 8, f, "a language code like 'ron'", v)
+        check(len(self.train) > 0, "train", "at least one file", self.train)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """What ``python -m ray_mtl.prepare`` builds: tasks, splits, tokenizer, shards."""
+
+    tasks: list[str] = dataclasses.field(default_factory=lambda: ["eng-fra", "eng-ron"])
+    """Task names: the shipped Tatoeba pairs (``eng-{deu,fra,spa,ron,ind}``) or custom_tasks."""
+    custom_tasks: list[TaskSpec] = dataclasses.field(default_factory=list)
+    """User corpora, each a TaskSpec; a name here overrides the catalogue."""
+    data_dir: str | None = None
+    """Corpus root. None: env RAY_MTL_DATA, then ../shared/data, then the cache (download)."""
+    out_dir: str | None = None
+    """Where prepared data is written. None: env RAY_MTL_CACHE or ~/.cache/ray_mtl."""
+    vocab_size: int = 8000
+    """Joint SentencePiece vocabulary size (language tags included)."""
+    dev_size: int = 1000
+    """Dev pairs carved from train per task: min(dev_size, dev_fraction * pairs)."""
+    dev_fraction: float = 0.05
+    """Upper bound on the dev share of a task's pairs."""
+    max_pairs: int | None = None
+    """Read only the first N lines of each train and test file (small slices for tests)."""
+    max_len: int = 128
+    """Token cap per side; longer pairs are dropped and counted."""
+    tokenizer_temperature: float = 5.0
+    """Temperature of the tokenizer's training sample, so low-resource languages are covered."""
+    tokenizer_sample: int = 200_000
+    """Sentences in the tokenizer's training sample."""
+    seed: int = 0
+    """Seed for the dev split and the tokenizer sample."""
+    strict: bool = False
+    """Fail on the first invalid line (file:line) instead of skipping and counting it."""
+
+    def __post_init__(self) -> None:
+        check(len(self.tasks) > 0, "tasks", "at least one task", self.tasks)
+        for i, t in enumerate(self.tasks):
+            check_name(t, f"tasks[{i}]")
+        check(len(set(self.tasks)) == len(self.tasks), "tasks", "distinct names", self.tasks)
+        names = [t.name for t in self.custom_tasks]
+        check(len(set(names)) == len(names), "custom_tasks", "distinct task names", names)
+        check(self.vocab_size >= 100, "vocab_size", "an integer >= 100", self.vocab_size)
+        check(self.dev_size >= 1, "dev_size", "an integer >= 1", self.dev_size)
+        check(0 < self.dev_fraction < 1, "dev_fraction", "a number in (0, 1)", self.dev_fraction)
+        ok = self.max_pairs is None or self.max_pairs > 0
+        check(ok, "max_pairs", "a positive integer or null", self.max_pairs)
+        check(self.max_len >= 8, "max_len", "an integer >= 8", self.max_len)
+        t = self.tokenizer_temperature
+        check(t >= 1, "tokenizer_temperature", "a number >= 1", t)
+        check(self.tokenizer_sample >= 1000, "tokenizer_sample", ">= 1000", self.tokenizer_sample)
+
+
+# --------------------------------------------------------------------------------------------
+# Model, optimiser, mixture, phases, one training run
+# --------------------------------------------------------------------------------------------
+
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=64, n_heads=2, encoder_layers=1, decoder_layers=1, d_ff=128),
+    "small": dict(d_model=256, n_heads=4, encoder_layers=3, decoder_layers=3, d_ff=1024),
+    "base": dict(d_model=512, n_heads=8, encoder_layers=6, decoder_layers=6, d_ff=2048),
+}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Encoder-decoder Transformer (pre-LN, tied embeddings). Unset sizes come from the preset."""
+
+    preset: Literal["tiny", "small", "base", "custom"] = "small"
+    """Size preset: tiny (tests), small (CPU default), base (Transformer-base), custom."""
+    d_model: int | None = None
+    """Model width."""
+    n_heads: int | None = None
+    """Attention heads; must divide d_model."""
+    encoder_layers: int | None = None
+    """Encoder depth."""
+    decoder_layers: int | None = None
+    """Decoder depth."""
+    d_ff: int | None = None
+    """Feed-forward width."""
+    dropout: float = 0.1
+    """Dropout on attention, feed-forward and embeddings."""
+    max_len: int = 128
+    """Longest sequence (positions) the model handles."""
+
+    def __post_init__(self) -> None:
+        sizes = MODEL_PRESETS.get(self.preset, {})
+        for k in ("d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff"):
+            if getattr(self, k) is None:
+                check(self.preset != "custom", k, "a value (preset is 'custom')", None)
+                setattr(self, k, sizes[k])
+            check(getattr(self, k) >= 1, k, "a positive integer", getattr(self, k))
+        ok = self.d_model % self.n_heads == 0
+        check(ok, "n_heads", f"a divisor of d_model={self.d_model}", self.n_heads)
+        check(0 <= self.dropout < 1, "dropout", "a number in [0, 1)", self.dropout)
+        check(self.max_len >= 8, "max_len", "an integer >= 8", self.max_len)
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule (its value depends only on steps since a reset)."""
+
+    lr: float = 1e-3
+    """Peak learning rate, reached at the end of warm-up."""
+    warmup_steps: int = 100
+    """Linear warm-up steps after the start and after every reset."""
+    schedule: Literal["rsqrt", "constant"] = "rsqrt"
+    """After warm-up: inverse square root decay, or constant."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.98])
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the training loss (evaluation CE is always unsmoothed)."""
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", "a positive number", self.lr)
+        check(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0", self.warmup_steps)
+        check(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
+        ok = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
+        check(ok, "betas", "two numbers in [0, 1)", self.betas)
+        check(self.grad_clip >= 0, "grad_clip", "a number >= 0", self.grad_clip)
+        ok = 0 <= self.label_smoothing < 1
+        check(ok, "label_smoothing", "a number in [0, 1)", self.label_smoothing)
+
+
+@dataclasses.dataclass
+class MixtureConfig:
+    """How examples are drawn from tasks: one rule, turned into rates by ``mixture.rates``."""
+
+    rule: Literal["explicit", "proportional", "temperature", "unimax"] = "proportional"
+    """explicit rates; proportional (T=1); temperature T; UniMax (budget, max_epochs)."""
+    rates: dict[str, float] = dataclasses.field(default_factory=dict)
+    """explicit: rate per task, each in [0, 1], summing to 1."""
+    tasks: list[str] = dataclasses.field(default_factory=list)
+    """Derived rules: the tasks to mix (empty means every task of the run)."""
+    temperature: float = 1.0
+    """temperature: p_i ∝ n_i^(1/T); 1 is proportional, large is uniform."""
+    budget: int = 0
+    """unimax: the total examples budget B (e.g. steps × batch examples)."""
+    max_epochs: float = 1.0
+    """unimax: at most this many epochs of any one task."""
+
+    def __post_init__(self) -> None:
+        if self.rule == "explicit":
+            check(len(self.rates) > 0, "rates", "a rate per task for rule 'explicit'", self.rates)
+            for k, v in self.rates.items():
+                check(0 <= v <= 1, f"rates.{k}", "a rate in [0, 1]", v)
+            total = sum(self.rates.values())
+            check(abs(total - 1) < 1e-6, "rates", "rates summing to 1", round(total, 9))
+        check(self.temperature > 0, "temperature", "a positive number", self.temperature)
+        if self.rule == "unimax":
+            check(self.budget > 0, "budget", "a positive integer for rule 'unimax'", self.budget)
+            check(self.max_epochs > 0, "max_epochs", "a positive number", self.max_epochs)
+
+
+@dataclasses.dataclass
+class PhaseConfig:
+    """A stretch of training with one mixture; optionally resets optimizer and LR at its start."""
+
+    steps: int
+    """Optimizer steps in this phase."""
+    mixture: MixtureConfig = dataclasses.field(default_factory=MixtureConfig)
+    """The task mixture of this phase."""
+    reset: bool = False
+    """Reset optimizer state and the LR schedule (warm-up included) at the phase start."""
+    name: str = ""
+    """A label for logs and metrics (e.g. ``pretrain``, ``finetune``)."""
+
+    def __post_init__(self) -> None:
+        check(self.steps > 0, "steps", "a positive integer", self.steps)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run (a segment): data, model, optimiser, phases, evaluation, checkpoints."""
+
+    phases: list[PhaseConfig]
+    """The phases in order; a run from a fork checkpoint lists only the phases after the fork."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """The prepared data to train on."""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """The model."""
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    """Optimiser and LR schedule."""
+    batch_tokens: int = 4096
+    """Target tokens (source + target) per batch, summed over all workers."""
+    seed: int = 0
+    """Seed for weights, sampling and dropout."""
+    eval_every: int = 100
+    """Evaluate every this many steps (and at the end, at fork steps and at eval_steps)."""
+    eval_steps: list[int] = dataclasses.field(default_factory=list)
+    """Extra global steps to evaluate at (e.g. every L+F of a static trunk)."""
+    eval_pairs: int = 500
+    """Dev pairs per task for cross-entropy."""
+    bleu_pairs: int = 100
+    """Dev pairs per task decoded for BLEU/chrF (0 disables decoding)."""
+    beam_size: int = 1
+    """1 is greedy decoding."""
+    fork_steps: list[int] = dataclasses.field(default_factory=list)
+    """Global steps at which a checkpoint is kept for other segments to start from."""
+    checkpoint_every: int = 0
+    """Also checkpoint every this many steps, for fault recovery (0: only fork steps and end)."""
+    init_from: str | None = None
+    """A fork checkpoint (path or URI) to start from; its step becomes the start step."""
+    test_at_end: bool = True
+    """Evaluate the best-per-task checkpoints on the test sets at the end."""
+    num_workers: int = 1
+    """Ray Train workers (DDP ranks)."""
+    use_gpu: bool = False
+    """One GPU per worker: nccl and bf16 autocast."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (fractions allowed)."""
+    run_dir: str = "runs/train"
+    """Where metrics and checkpoints go (a local dir or a storage URI)."""
+
+    def __post_init__(self) -> None:
+        check(len(self.phases) > 0, "phases", "at least one phase", self.phases)
+        check(self.batch_tokens >= 16, "batch_tokens", "an integer >= 16", self.batch_tokens)
+        check(self.eval_every >= 1, "eval_every", "a positive integer", self.eval_every)
+        check(self.eval_pairs >= 1, "eval_pairs", "a positive integer", self.eval_pairs)
+        check(self.bleu_pairs >= 0, "bleu_pairs", "an integer >= 0", self.bleu_pairs)
+        check(self.beam_size >= 1, "beam_size", "a positive integer", self.beam_size)
+        for name in ("fork_steps", "eval_steps"):
+            steps = getattr(self, name)
+            check(all(s > 0 for s in steps), name, "positive steps", steps)
+        ok = self.checkpoint_every >= 0
+        check(ok, "checkpoint_every", "an integer >= 0", self.checkpoint_every)
+        check(self.num_workers >= 1, "num_workers", "a positive integer", self.num_workers)
+        check(
+            self.cpus_per_worker > 0, "cpus_per_worker", "a positive number", self.cpus_per_worker
+        )
+
+    @property
+    def total_steps(self) -> int:
+        """Steps this run takes (from its start step)."""
+        return sum(p.steps for p in self.phases)

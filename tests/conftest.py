@@ -1,0 +1,56 @@
+"""Shared fixtures: one real local Ray for the whole session, and the shipped corpora.
+
+Ray starts only when a test asks for ``ray_session``; pure tests (rates, planner, frontier) run
+in milliseconds without it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+
+# Settings for a small, fast, quiet local Ray (see DEVELOPERS.md): short AF_UNIX paths, no usage
+# stats, worker groups that fail fast instead of retrying for minutes.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "tatoeba").is_dir():
+        pytest.skip(f"shipped corpora not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_tmpdir():
+    # AF_UNIX socket paths must fit in 107 bytes: keep Ray's temp dir short.
+    d = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = d
+    yield d
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_tmpdir):
+    """One real local Ray for every test that needs it."""
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        object_store_memory=200 * 1024 * 1024,
+        include_dashboard=False,
+        _temp_dir=ray_tmpdir,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()
