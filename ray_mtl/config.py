@@ -384,6 +384,45 @@ class PhaseConfig:
 
 
 @dataclasses.dataclass
+class EvalConfig:
+    """What is measured at each evaluation."""
+
+    every: int = 100
+    """Evaluate every this many steps (and at the end, at fork steps and at listed eval steps)."""
+    pairs: int = 500
+    """Dev pairs per task for cross-entropy."""
+    bleu_pairs: int = 100
+    """Dev pairs per task decoded for BLEU/chrF (0 disables decoding)."""
+    beam_size: int = 1
+    """Beam width for decoding; 1 is greedy."""
+    test_at_end: bool = True
+    """Evaluate the best-per-task weights on the test sets at the end of a segment."""
+
+    def __post_init__(self) -> None:
+        check(self.every >= 1, "every", "a positive integer", self.every)
+        check(self.pairs >= 1, "pairs", "a positive integer", self.pairs)
+        check(self.bleu_pairs >= 0, "bleu_pairs", "an integer >= 0", self.bleu_pairs)
+        check(self.beam_size >= 1, "beam_size", "a positive integer", self.beam_size)
+
+
+@dataclasses.dataclass
+class ResourcesConfig:
+    """Ray Train workers of one run (segment)."""
+
+    num_workers: int = 1
+    """Ray Train workers (DDP ranks)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (fractions allowed)."""
+    use_gpu: bool = False
+    """One GPU per worker: nccl and bf16 autocast."""
+
+    def __post_init__(self) -> None:
+        check(self.num_workers >= 1, "num_workers", "a positive integer", self.num_workers)
+        ok = self.cpus_per_worker > 0
+        check(ok, "cpus_per_worker", "a positive number", self.cpus_per_worker)
+
+
+@dataclasses.dataclass
 class TrainConfig:
     """One training run (a segment): data, model, optimiser, phases, evaluation, checkpoints."""
 
@@ -395,55 +434,162 @@ class TrainConfig:
     """The model."""
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     """Optimiser and LR schedule."""
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """Evaluation settings."""
+    resources: ResourcesConfig = dataclasses.field(default_factory=ResourcesConfig)
+    """Workers and devices."""
     batch_tokens: int = 4096
-    """Target tokens (source + target) per batch, summed over all workers."""
+    """Padded tokens (source + target) per optimizer step, summed over all workers."""
     seed: int = 0
     """Seed for weights, sampling and dropout."""
-    eval_every: int = 100
-    """Evaluate every this many steps (and at the end, at fork steps and at eval_steps)."""
     eval_steps: list[int] = dataclasses.field(default_factory=list)
     """Extra global steps to evaluate at (e.g. every L+F of a static trunk)."""
-    eval_pairs: int = 500
-    """Dev pairs per task for cross-entropy."""
-    bleu_pairs: int = 100
-    """Dev pairs per task decoded for BLEU/chrF (0 disables decoding)."""
-    beam_size: int = 1
-    """1 is greedy decoding."""
     fork_steps: list[int] = dataclasses.field(default_factory=list)
     """Global steps at which a checkpoint is kept for other segments to start from."""
     checkpoint_every: int = 0
     """Also checkpoint every this many steps, for fault recovery (0: only fork steps and end)."""
     init_from: str | None = None
     """A fork checkpoint (path or URI) to start from; its step becomes the start step."""
-    test_at_end: bool = True
-    """Evaluate the best-per-task checkpoints on the test sets at the end."""
-    num_workers: int = 1
-    """Ray Train workers (DDP ranks)."""
-    use_gpu: bool = False
-    """One GPU per worker: nccl and bf16 autocast."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved per worker (fractions allowed)."""
     run_dir: str = "runs/train"
     """Where metrics and checkpoints go (a local dir or a storage URI)."""
 
     def __post_init__(self) -> None:
         check(len(self.phases) > 0, "phases", "at least one phase", self.phases)
         check(self.batch_tokens >= 16, "batch_tokens", "an integer >= 16", self.batch_tokens)
-        check(self.eval_every >= 1, "eval_every", "a positive integer", self.eval_every)
-        check(self.eval_pairs >= 1, "eval_pairs", "a positive integer", self.eval_pairs)
-        check(self.bleu_pairs >= 0, "bleu_pairs", "an integer >= 0", self.bleu_pairs)
-        check(self.beam_size >= 1, "beam_size", "a positive integer", self.beam_size)
         for name in ("fork_steps", "eval_steps"):
             steps = getattr(self, name)
             check(all(s > 0 for s in steps), name, "positive steps", steps)
         ok = self.checkpoint_every >= 0
         check(ok, "checkpoint_every", "an integer >= 0", self.checkpoint_every)
-        check(self.num_workers >= 1, "num_workers", "a positive integer", self.num_workers)
-        check(
-            self.cpus_per_worker > 0, "cpus_per_worker", "a positive number", self.cpus_per_worker
-        )
 
     @property
     def total_steps(self) -> int:
         """Steps this run takes (from its start step)."""
         return sum(p.steps for p in self.phases)
+
+
+# --------------------------------------------------------------------------------------------
+# Search space of a sweep
+# --------------------------------------------------------------------------------------------
+
+METHODS = ("two_phase", "scalarization", "restart", "temperature", "unimax")
+
+
+@dataclasses.dataclass
+class TaskGroups:
+    """Which tasks are high- and which low-resource."""
+
+    high: list[str]
+    """High-resource tasks: the two-phase method pre-trains on these alone."""
+    low: list[str]
+    """Low-resource tasks: together they get sampling rate w in the joint phase."""
+
+    def __post_init__(self) -> None:
+        check(len(self.high) > 0, "high", "at least one task", self.high)
+        check(len(self.low) > 0, "low", "at least one task", self.low)
+        for group in ("high", "low"):
+            for i, t in enumerate(getattr(self, group)):
+                check_name(t, f"{group}[{i}]")
+        both = sorted(set(self.high) & set(self.low))
+        check(not both, "low", "tasks not also listed as high", both)
+        everything = self.high + self.low
+        check(len(set(everything)) == len(everything), "high", "distinct tasks", everything)
+
+    @property
+    def all(self) -> list[str]:
+        return self.high + self.low
+
+
+@dataclasses.dataclass
+class GridConfig:
+    """The grid of a sweep; every method is run at a matched total of L + F steps."""
+
+    pretrain_steps: list[int]
+    """L values, sorted ascending, distinct: pre-training length (two-phase, restart) and the
+    compute budget L + F of the static methods."""
+    finetune_steps: int
+    """F: steps of the joint fine-tuning phase."""
+    low_rates: list[float] = dataclasses.field(default_factory=list)
+    """w values in (0, 1): total sampling rate of the low-resource tasks (shared equally)."""
+    temperatures: list[float] = dataclasses.field(default_factory=list)
+    """T values for temperature sampling."""
+    unimax_epochs: list[float] = dataclasses.field(default_factory=list)
+    """Max epochs per task for UniMax."""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    """Seeds; every trial runs once per seed."""
+
+    def __post_init__(self) -> None:
+        L = self.pretrain_steps
+        check(len(L) > 0, "pretrain_steps", "at least one L", L)
+        check(all(x > 0 for x in L), "pretrain_steps", "positive steps", L)
+        check(sorted(set(L)) == L, "pretrain_steps", "a sorted list without duplicates", L)
+        check(self.finetune_steps > 0, "finetune_steps", "a positive integer", self.finetune_steps)
+        for i, w in enumerate(self.low_rates):
+            check(0 < w < 1, f"low_rates[{i}]", "a rate in (0, 1)", w)
+        rates = self.low_rates
+        check(len(set(rates)) == len(rates), "low_rates", "distinct rates", rates)
+        for i, t in enumerate(self.temperatures):
+            check(t > 0, f"temperatures[{i}]", "a positive number", t)
+        for i, e in enumerate(self.unimax_epochs):
+            check(e > 0, f"unimax_epochs[{i}]", "a positive number", e)
+        check(len(self.seeds) > 0, "seeds", "at least one seed", self.seeds)
+        check(len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds", self.seeds)
+
+
+@dataclasses.dataclass
+class SpaceConfig:
+    """A sweep: tasks, methods, grid, and the settings every segment shares."""
+
+    name: str
+    """Sweep name; results go to ``<storage>/<name>/``."""
+    tasks: TaskGroups
+    """High- and low-resource tasks."""
+    grid: GridConfig
+    """L × w (× T, UniMax epochs) × seeds."""
+    methods: list[Literal["two_phase", "scalarization", "restart", "temperature", "unimax"]] = (
+        dataclasses.field(default_factory=lambda: ["two_phase", "scalarization"])
+    )
+    """Methods to compare."""
+    data: DataConfig | None = None
+    """Data settings (``tasks`` is filled from the task groups)."""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """The model every segment trains."""
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    """Optimiser and LR schedule (reset at each phase that asks for it)."""
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """Evaluation settings."""
+    resources: ResourcesConfig = dataclasses.field(default_factory=ResourcesConfig)
+    """Workers per segment."""
+    batch_tokens: int = 4096
+    """Padded tokens per optimizer step, over all workers."""
+    tokens_per_example: int = 32
+    """Mean padded tokens per pair, to turn UniMax's step budget into an example budget."""
+    checkpoint_every: int = 0
+    """Extra checkpoints for fault recovery (0: fork steps and segment ends only)."""
+    max_concurrent: int = 0
+    """Segments run at once (0: as many as the cluster's CPUs/GPUs fit)."""
+    storage: str = "runs"
+    """Storage path: a local dir, an NFS path, or ``s3://`` / ``gs://`` on clusters."""
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "name")
+        check(len(self.methods) > 0, "methods", f"one or more of {', '.join(METHODS)}", [])
+        dup = len(set(self.methods)) != len(self.methods)
+        check(not dup, "methods", "distinct methods", self.methods)
+        needs_w = {"two_phase", "scalarization", "restart"} & set(self.methods)
+        ok = not needs_w or self.grid.low_rates
+        check(ok, "grid.low_rates", f"rates for {', '.join(sorted(needs_w))}", [])
+        ok = "temperature" not in self.methods or self.grid.temperatures
+        check(ok, "grid.temperatures", "temperatures for method 'temperature'", [])
+        ok = "unimax" not in self.methods or self.grid.unimax_epochs
+        check(ok, "grid.unimax_epochs", "epoch caps for method 'unimax'", [])
+        if self.data is None:
+            self.data = DataConfig(tasks=self.tasks.all)
+        else:
+            ok = self.data.tasks in (self.tasks.all, DataConfig().tasks)
+            check(ok, "data.tasks", "unset (the task groups name the tasks)", self.data.tasks)
+            self.data.tasks = self.tasks.all
+        check(self.batch_tokens >= 16, "batch_tokens", "an integer >= 16", self.batch_tokens)
+        check(self.tokens_per_example >= 2, "tokens_per_example", ">= 2", self.tokens_per_example)
+        check(self.max_concurrent >= 0, "max_concurrent", ">= 0", self.max_concurrent)
+        check(bool(self.storage), "storage", "a path or URI", self.storage)

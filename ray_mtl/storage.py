@@ -87,6 +87,21 @@ def atomic_write_parquet(path: str | Path, table: pa.Table) -> None:
         raise
 
 
+def write_parquet(uri: str, table: pa.Table) -> None:
+    """Write Parquet to a local path (temp file + rename) or a URI (object PUTs are atomic)."""
+    if "://" not in uri:
+        atomic_write_parquet(uri, table)
+        return
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(table, path, filesystem=fs)
+
+
+def read_parquet(uri: str) -> pa.Table:
+    fs, path = filesystem(uri)
+    return pq.read_table(path, filesystem=fs)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; on success it replaces ``final`` in one rename.

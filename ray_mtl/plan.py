@@ -1,0 +1,237 @@
+"""The planner: a search space becomes a tree of training segments that share work.
+
+    python -m ray_mtl.tune --space tune_spaces/paper_fr_ro.yaml --dry-run   # prints the tree
+
+A *trial* is what the user compares (method, L, w or T, seed); a *segment* is a stretch of
+training that actually runs. Because the LR schedule depends only on steps since the last reset
+(method.md, "Why one pre-training run can serve many trials"), one segment serves many trials:
+
+- two_phase: one high-resource trunk per seed, run to max(L) with a checkpoint at every L;
+  each (L, w) is a branch from it at L that resets optimizer and LR and fine-tunes F steps.
+- scalarization: one static trunk per (w, seed), run to max(L) + F and evaluated at every L + F.
+- restart (L, w): a branch from the static trunk of w at L, with a reset, for F steps.
+- temperature, unimax: one static trunk per (T or epoch cap, seed), evaluated at every L + F.
+
+Pure logic (no Ray, no torch): the runner in ``tune.py`` turns segments into Tune trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ray_mtl.config import MixtureConfig, PhaseConfig, SpaceConfig
+
+
+@dataclasses.dataclass
+class Segment:
+    """One training run of the tree."""
+
+    id: str
+    """Unique, path-safe id (``pt-s0``, ``tp-L200-w0.3-s0``, ...)."""
+    phases: list[PhaseConfig]
+    """Phases from ``start_step`` on."""
+    seed: int
+    """Seed of the run (a branch continues its parent's weights under the same seed)."""
+    parent: str | None = None
+    """The segment whose checkpoint at ``start_step`` this one starts from (None: a trunk)."""
+    start_step: int = 0
+    """Global step at which this segment starts (its fork step in the parent)."""
+    fork_steps: list[int] = dataclasses.field(default_factory=list)
+    """Global steps at which this segment keeps a checkpoint for its branches."""
+    eval_steps: list[int] = dataclasses.field(default_factory=list)
+    """Global steps at which a trial's final point must be evaluated."""
+
+    @property
+    def steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+    @property
+    def end_step(self) -> int:
+        return self.start_step + self.steps
+
+
+@dataclasses.dataclass
+class Piece:
+    """A stretch of one segment's curve: steps ``from_step..to_step`` (inclusive)."""
+
+    segment: str
+    from_step: int
+    to_step: int
+
+
+@dataclasses.dataclass
+class Trial:
+    """One grid point the user compares, and the segment pieces its curve is made of."""
+
+    id: str
+    method: str
+    L: int
+    F: int
+    seed: int
+    lineage: list[Piece]
+    w: float | None = None
+    temperature: float | None = None
+    max_epochs: float | None = None
+
+    @property
+    def final_step(self) -> int:
+        return self.lineage[-1].to_step
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps this trial would take if run from scratch."""
+        return self.L + self.F
+
+
+@dataclasses.dataclass
+class Plan:
+    """The segment tree of a space and the trials it serves."""
+
+    segments: dict[str, Segment]
+    trials: list[Trial]
+
+    @property
+    def tree_steps(self) -> int:
+        return sum(s.steps for s in self.segments.values())
+
+    @property
+    def naive_steps(self) -> int:
+        return sum(t.steps for t in self.trials)
+
+    def children(self, segment_id: str) -> list[Segment]:
+        return [s for s in self.segments.values() if s.parent == segment_id]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "segments": [dataclasses.asdict(s) for s in self.segments.values()],
+            "trials": [dataclasses.asdict(t) for t in self.trials],
+            "tree_steps": self.tree_steps,
+            "naive_steps": self.naive_steps,
+        }
+
+
+def group_rates(high: list[str], low: list[str], w: float) -> dict[str, float]:
+    """Low-resource tasks share ``w`` equally, high-resource tasks share ``1 - w`` equally."""
+    rates = {t: (1 - w) / len(high) for t in high}
+    rates.update({t: w / len(low) for t in low})
+    return rates
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def plan(space: SpaceConfig) -> Plan:
+    """Build the segment tree of ``space``."""
+    g, tasks = space.grid, space.tasks
+    Ls, F, top = g.pretrain_steps, g.finetune_steps, g.pretrain_steps[-1]
+    budgets = [L + F for L in Ls]  # the matched compute of every trial at each L
+    segments: dict[str, Segment] = {}
+    trials: list[Trial] = []
+
+    def static(rule: dict[str, Any]) -> list[PhaseConfig]:
+        return [PhaseConfig(steps=top + F, mixture=MixtureConfig(**rule), name="static")]
+
+    def finetune(w: float) -> list[PhaseConfig]:
+        mix = MixtureConfig(rule="explicit", rates=group_rates(tasks.high, tasks.low, w))
+        return [PhaseConfig(steps=F, mixture=mix, reset=True, name="finetune")]
+
+    for seed in g.seeds:
+        if "two_phase" in space.methods:
+            hr = {t: 1 / len(tasks.high) for t in tasks.high}
+            pretrain = PhaseConfig(
+                steps=top, mixture=MixtureConfig(rule="explicit", rates=hr), name="pretrain"
+            )
+            trunk = Segment(id=f"pt-s{seed}", phases=[pretrain], seed=seed, fork_steps=list(Ls))
+            segments[trunk.id] = trunk
+            for L in Ls:
+                for w in g.low_rates:
+                    b = Segment(
+                        id=f"tp-L{L}-w{_fmt(w)}-s{seed}",
+                        phases=finetune(w),
+                        seed=seed,
+                        parent=trunk.id,
+                        start_step=L,
+                    )
+                    segments[b.id] = b
+                    lineage = [Piece(trunk.id, 0, L), Piece(b.id, L, L + F)]
+                    trials.append(Trial(b.id, "two_phase", L, F, seed, lineage, w=w))
+
+        if {"scalarization", "restart"} & set(space.methods):
+            for w in g.low_rates:
+                rule = dict(rule="explicit", rates=group_rates(tasks.high, tasks.low, w))
+                trunk = Segment(
+                    id=f"st-w{_fmt(w)}-s{seed}",
+                    phases=static(rule),
+                    seed=seed,
+                    fork_steps=list(Ls) if "restart" in space.methods else [],
+                    eval_steps=budgets if "scalarization" in space.methods else [],
+                )
+                segments[trunk.id] = trunk
+                for L in Ls:
+                    if "scalarization" in space.methods:
+                        lineage = [Piece(trunk.id, 0, L + F)]
+                        tid = f"sc-L{L}-w{_fmt(w)}-s{seed}"
+                        trials.append(Trial(tid, "scalarization", L, F, seed, lineage, w=w))
+                    if "restart" in space.methods:
+                        b = Segment(
+                            id=f"rs-L{L}-w{_fmt(w)}-s{seed}",
+                            phases=finetune(w),
+                            seed=seed,
+                            parent=trunk.id,
+                            start_step=L,
+                        )
+                        segments[b.id] = b
+                        lineage = [Piece(trunk.id, 0, L), Piece(b.id, L, L + F)]
+                        trials.append(Trial(b.id, "restart", L, F, seed, lineage, w=w))
+
+        derived = []
+        if "temperature" in space.methods:
+            derived += [
+                ("temperature", f"tt-T{_fmt(T)}", dict(rule="temperature", temperature=T), T)
+                for T in g.temperatures
+            ]
+        if "unimax" in space.methods:
+            budget = (top + F) * space.batch_tokens // space.tokens_per_example
+            derived += [
+                ("unimax", f"um-e{_fmt(e)}", dict(rule="unimax", budget=budget, max_epochs=e), e)
+                for e in g.unimax_epochs
+            ]
+        for method, prefix, rule, value in derived:
+            trunk = Segment(
+                id=f"{prefix}-s{seed}", phases=static(rule), seed=seed, eval_steps=budgets
+            )
+            segments[trunk.id] = trunk
+            for L in Ls:
+                knob = {"temperature": value} if method == "temperature" else {"max_epochs": value}
+                lineage = [Piece(trunk.id, 0, L + F)]
+                tid = f"{prefix}-L{L}-s{seed}"
+                trials.append(Trial(tid, method, L, F, seed, lineage, **knob))
+    return Plan(segments, trials)
+
+
+def describe(p: Plan) -> str:
+    """The tree as text, with step accounting against the naive grid."""
+    lines = []
+
+    def walk(seg: Segment, depth: int) -> None:
+        pad = "  " * depth
+        src = f" from {seg.parent}@{seg.start_step}" if seg.parent else ""
+        forks = f", forks at {seg.fork_steps}" if seg.fork_steps else ""
+        phases = " → ".join(
+            f"{ph.name or 'phase'} {ph.steps}{' (reset)' if ph.reset else ''}" for ph in seg.phases
+        )
+        lines.append(f"{pad}{seg.id}: steps {seg.start_step}..{seg.end_step}{src}{forks}: {phases}")
+        for child in p.children(seg.id):
+            walk(child, depth + 1)
+
+    for seg in p.segments.values():
+        if seg.parent is None:
+            walk(seg, 0)
+    ratio = p.naive_steps / max(p.tree_steps, 1)
+    lines.append(
+        f"{len(p.segments)} segments serve {len(p.trials)} trials: {p.tree_steps:,} optimizer "
+        f"steps vs {p.naive_steps:,} for the naive grid ({ratio:.2f}x fewer)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,570 @@
+"""One training run (a segment): the loop, on Ray Train workers or as a plain function.
+
+    python -m ray_mtl.train --config run.yaml [--num-workers 2] [--init-from CKPT] [--no-ray]
+
+``train_loop_per_worker(config)`` is the whole loop, in one place: phases with optimizer/LR
+resets, the task-mixture sampler, DDP (gloo on CPU, nccl + bf16 autocast on GPU), evaluation
+with per-task best tracking, and checkpoints at fork steps. Ray Train's ``TorchTrainer`` runs it
+on N workers; ``run(cfg)`` runs it in this process with world size 1 and no Ray at all (how the
+GPU path is checked on a machine that has torch but not Ray).
+
+Global steps continue across forks: a branch from its trunk's checkpoint at step L starts at L,
+restores the trunk's sampler and RNG state, and then follows its first phase (reset or not), so a
+branch is step for step the run that would have gone on from L.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ray_mtl import data as data_lib
+from ray_mtl.config import TrainConfig, check, from_dict, load, to_dict
+from ray_mtl.errors import UserError, cli
+from ray_mtl.evaluate import evaluate_task
+from ray_mtl.mixture import MixtureSampler, rates
+from ray_mtl.model import Transformer
+from ray_mtl.schedule import Schedule
+from ray_mtl.storage import atomic_write_bytes, atomic_write_json, filesystem
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+# report(metrics, state) sends metrics (and, from rank 0, a checkpoint's state) to wherever the
+# run is recorded: Ray Train's report, or files under run_dir when running without Ray.
+Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
+
+
+@dataclass
+class Worker:
+    """Where this process sits in the run."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def save_checkpoint_dir(directory: str | Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint (``state.pt`` + ``meta.json``) so that it appears whole or not at all."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    directory = Path(directory)
+    atomic_write_bytes(directory / STATE_FILE, buf.getvalue())
+    meta = {k: state[k] for k in ("step", "model", "vocab_size", "manifest_hash")}
+    atomic_write_json(directory / META_FILE, meta)
+
+
+def load_checkpoint(uri: str, cfg: TrainConfig, vocab_size: int) -> dict[str, Any]:
+    """Load a checkpoint dir (local path or storage URI) with ``weights_only=True``.
+
+    The model it holds must match ``cfg.model`` and the vocabulary, or the error says how not.
+    """
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
+            blob = f.read()
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(f"{uri}: no checkpoint there ({STATE_FILE} not readable: {e})") from None
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt file
+        raise UserError(f"{uri}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "model_state" not in state:
+        raise UserError(f"{uri}: not a ray_mtl checkpoint (no model_state)")
+    theirs, ours = state.get("model"), to_dict(cfg.model)
+    if theirs != ours or state.get("vocab_size") != vocab_size:
+        diff = sorted(k for k in ours if (theirs or {}).get(k) != ours[k])
+        if state.get("vocab_size") != vocab_size:
+            diff.append(f"vocab_size ({state.get('vocab_size')} vs {vocab_size})")
+        raise UserError(f"{uri}: checkpoint is for another model config (differs in {diff})")
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None = None) -> dict:
+    """Run ``cfg`` on this worker. ``resume`` is the state of this same run (fault recovery).
+
+    Returns the last metrics reported.
+    """
+    torch.manual_seed(cfg.seed)
+    prepared = data_lib.prepare(cfg.data, verbose=worker.is_main)
+    tasks = prepared.tasks
+    vocab = prepared.vocab_size
+    on_gpu = worker.device.type == "cuda"
+
+    model = Transformer(cfg.model, vocab).to(worker.device)
+    raw_model = model
+    if worker.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[worker.device.index] if on_gpu else None
+        )
+
+    def new_optimizer() -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            raw_model.parameters(),
+            lr=cfg.optim.lr,
+            betas=tuple(cfg.optim.betas),
+            weight_decay=cfg.optim.weight_decay,
+            fused=on_gpu,
+        )
+
+    sizes = {t: prepared.size(t) for t in tasks}
+    shards = {t: prepared.shard(t, "train") for t in tasks}
+    sampler = MixtureSampler(
+        {t: (s.column("src"), s.column("tgt")) for t, s in shards.items()},
+        rates=rates(sizes, cfg.phases[0].mixture),
+        batch_tokens=cfg.batch_tokens,
+        seed=cfg.seed,
+        rank=worker.rank,
+        world_size=worker.world_size,
+    )
+
+    # Where this run starts: fresh, from a fork checkpoint of another segment, or from its own
+    # latest checkpoint after a fault (then the schedule is the segment's own, from its start).
+    start = resume or (load_checkpoint(cfg.init_from, cfg, vocab) if cfg.init_from else None)
+    if start is None:
+        segment_start, since_reset = 0, 0
+    elif resume is None:
+        segment_start, since_reset = int(start["step"]), int(start["steps_since_reset"])
+    else:
+        segment_start, since_reset = (
+            int(resume["segment_start"]),
+            int(resume["segment_since_reset"]),
+        )
+    start_step = 0 if start is None else int(start["step"])
+    schedule = Schedule(
+        cfg.phases, start_step=segment_start, steps_since_reset_at_start=since_reset
+    )
+    optimizer = new_optimizer()
+    best: dict[str, dict[str, Any]] = {}
+    best_weights: dict[int, dict[str, torch.Tensor]] = {}
+    if start is not None:
+        raw_model.load_state_dict(start["model_state"])
+        optimizer.load_state_dict(start["optimizer"])  # replaced below if the phase resets
+        sampler.load_state_dict(start["sampler"])
+        torch.set_rng_state(start["rng"])
+    if resume is not None:
+        best = resume["best"]
+        best_weights = {int(k): v for k, v in resume["best_weights"].items()}
+
+    eval_at = set(range(start_step + 1, schedule.end_step + 1))
+    eval_at = {s for s in eval_at if s % cfg.eval.every == 0}
+    eval_at |= {
+        s for s in [*cfg.eval_steps, *cfg.fork_steps] if start_step < s <= schedule.end_step
+    }
+    eval_at.add(schedule.end_step)
+    ckpt_at = {s for s in cfg.fork_steps if start_step < s <= schedule.end_step}
+    if cfg.checkpoint_every:
+        ckpt_at |= {s for s in eval_at if s % cfg.checkpoint_every == 0}
+    ckpt_at.add(schedule.end_step)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
+    task_index = {t: i for i, t in enumerate(tasks)}
+    loss_sum = torch.zeros(len(tasks), device=worker.device)
+    loss_tokens = torch.zeros(len(tasks), device=worker.device)
+    tokens_seen, t0 = 0, time.perf_counter()
+    metrics: dict[str, Any] = {}
+    phase = -1
+
+    for step in range(start_step, schedule.end_step):
+        if schedule.phase_at(step) != phase:
+            phase = schedule.phase_at(step)
+            sampler.set_rates(rates(sizes, cfg.phases[phase].mixture))
+        if schedule.resets_at(step):
+            optimizer = new_optimizer()
+        lr = schedule.lr(step, cfg.optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        batch = sampler.next_batch()
+        src, tgt_in, tgt_out = (x.to(worker.device, non_blocking=True) for x in batch[:3])
+        task_ids = batch.task_ids.to(worker.device)
+        # Normalise by the tokens of the whole global batch so that N workers take exactly the
+        # step that one worker would take on the same examples (DDP averages over ranks).
+        n_global = torch.tensor(float(batch.n_tokens), device=worker.device)
+        if worker.world_size > 1:
+            dist.all_reduce(n_global)
+        with autocast:
+            logits = model(src, tgt_in)
+        per_token = F.cross_entropy(
+            logits.float().flatten(0, 1),
+            tgt_out.flatten(),
+            ignore_index=data_lib.PAD,
+            reduction="none",
+            label_smoothing=cfg.optim.label_smoothing,
+        ).view_as(tgt_out)
+        loss = per_token.sum() * worker.world_size / n_global.clamp(min=1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+
+        mask = (tgt_out != data_lib.PAD).float()
+        loss_sum.index_add_(0, task_ids, per_token.detach().sum(1))
+        loss_tokens.index_add_(0, task_ids, mask.sum(1))
+        tokens_seen += int((src != data_lib.PAD).sum()) + batch.n_tokens
+
+        done = step + 1
+        if done not in eval_at:
+            continue
+        if worker.world_size > 1:
+            dist.all_reduce(loss_sum)
+            dist.all_reduce(loss_tokens)
+        elapsed = time.perf_counter() - t0
+        metrics = {
+            "step": done,
+            "lr": lr,
+            "phase": phase,
+            "tokens_per_s": tokens_seen * worker.world_size / max(elapsed, 1e-9),
+        }
+        for t, acc in sampler.accounting().items():
+            for k, v in acc.items():
+                metrics[f"train/{t}/{k}"] = float(v)
+            i = task_index[t]
+            if loss_tokens[i] > 0:
+                metrics[f"train/{t}/loss"] = float(loss_sum[i] / loss_tokens[i])
+        loss_sum.zero_()
+        loss_tokens.zero_()
+        if worker.is_main:
+            metrics.update(_evaluate(cfg, raw_model, prepared, "dev", worker.device, autocast))
+            for t in tasks:
+                ce = metrics[f"dev/{t}/ce"]
+                if t not in best or ce < best[t]["ce"]:
+                    best[t] = {"ce": ce, "step": done}
+                    best_weights[done] = {
+                        k: v.detach().cpu().clone() for k, v in raw_model.state_dict().items()
+                    }
+            keep = {b["step"] for b in best.values()}
+            best_weights = {s: w for s, w in best_weights.items() if s in keep}
+            if done == schedule.end_step and cfg.eval.test_at_end:
+                metrics.update(
+                    _test_best(
+                        cfg, raw_model, prepared, best, best_weights, worker.device, autocast
+                    )
+                )
+            _print_progress(metrics, tasks, schedule.end_step)
+        state = None
+        if done in ckpt_at and worker.is_main:
+            state = {
+                "step": done,
+                "steps_since_reset": schedule.steps_since_reset(step) + 1,
+                "segment_start": segment_start,
+                "segment_since_reset": since_reset,
+                "model": to_dict(cfg.model),
+                "vocab_size": vocab,
+                "manifest_hash": prepared.manifest_hash,
+                "model_state": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "sampler": sampler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "best": best,
+                "best_weights": {str(k): v for k, v in best_weights.items()},
+            }
+        report(metrics, state)
+        tokens_seen, t0 = 0, time.perf_counter()
+    return metrics
+
+
+def _evaluate(cfg, model, prepared, split, device, autocast) -> dict[str, float]:
+    model.eval()
+    out: dict[str, float] = {}
+    with autocast:
+        for t in prepared.tasks:
+            res = evaluate_task(
+                model,
+                prepared.shard(t, split),
+                prepared.decode,
+                eval_pairs=cfg.eval.pairs,
+                bleu_pairs=cfg.eval.bleu_pairs,
+                batch_tokens=cfg.batch_tokens,
+                beam_size=cfg.eval.beam_size,
+                device=device,
+            )
+            for k, v in res.items():
+                out[f"{split}/{t}/{k}"] = v
+    model.train()
+    return out
+
+
+def _test_best(cfg, model, prepared, best, best_weights, device, autocast) -> dict[str, Any]:
+    """Per-task early stopping: each task's test metrics come from its best dev checkpoint."""
+    final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out: dict[str, Any] = {}
+    for t in prepared.tasks:
+        model.load_state_dict(best_weights[best[t]["step"]])
+        model.eval()
+        with autocast:
+            res = evaluate_task(
+                model,
+                prepared.shard(t, "test"),
+                prepared.decode,
+                eval_pairs=cfg.eval.pairs,
+                bleu_pairs=cfg.eval.bleu_pairs,
+                batch_tokens=cfg.batch_tokens,
+                beam_size=cfg.eval.beam_size,
+                device=device,
+            )
+        out.update({f"test/{t}/{k}": v for k, v in res.items()})
+        out[f"test/{t}/best_step"] = best[t]["step"]
+    model.load_state_dict(final)
+    model.train()
+    return out
+
+
+def _print_progress(metrics: dict[str, Any], tasks: list[str], end: int) -> None:
+    parts = [f"step {metrics['step']}/{end}", f"lr {metrics['lr']:.2e}"]
+    for t in tasks:
+        ce = metrics.get(f"dev/{t}/ce")
+        bleu = metrics.get(f"dev/{t}/bleu")
+        parts.append(f"{t} ce {ce:.3f}" + (f" bleu {bleu:.1f}" if bleu is not None else ""))
+    parts.append(f"{metrics['tokens_per_s']:,.0f} tok/s")
+    print(" | ".join(parts), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Results as long-format rows (what metrics.parquet holds)
+# --------------------------------------------------------------------------------------------
+
+
+def metric_rows(segment: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Flat reported metrics -> rows (segment, step, task, split, metric, value).
+
+    ``split/task/metric`` keys become per-task rows; ``lr`` and ``tokens_per_s`` become run-level
+    rows with task ``*``; strings (sacrebleu signatures) are not rows.
+    """
+    step = int(metrics["step"])
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, str | bool) or value is None:
+            continue
+        parts = key.split("/")
+        if len(parts) == 3:
+            split, task, metric = parts
+        elif key in ("lr", "tokens_per_s"):
+            split, task, metric = "train", "*", key
+        else:
+            continue
+        rows.append(
+            dict(
+                segment=segment,
+                step=step,
+                task=task,
+                split=split,
+                metric=metric,
+                value=float(value),
+            )
+        )
+    return rows
+
+
+def signatures(metrics: dict[str, Any]) -> dict[str, str]:
+    """The sacrebleu signatures among reported metrics (one per metric kind is enough)."""
+    return {
+        key.rsplit("/", 1)[-1]: v
+        for key, v in metrics.items()
+        if isinstance(v, str) and key.endswith("_signature")
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Running it: Ray Train workers, or one plain process
+# --------------------------------------------------------------------------------------------
+
+
+def validate(cfg: TrainConfig) -> data_lib.Prepared:
+    """Everything that can be checked before workers start: data, mixtures, init checkpoint."""
+    prepared = data_lib.prepare(cfg.data)
+    sizes = {t: prepared.size(t) for t in prepared.tasks}
+    for i, phase in enumerate(cfg.phases):
+        try:
+            rates(sizes, phase.mixture)
+        except UserError as e:
+            raise UserError(f"phases[{i}].mixture: {e}") from None
+    if cfg.init_from:
+        load_checkpoint(cfg.init_from, cfg, prepared.vocab_size)
+    return prepared
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry: one DDP rank of the run described by ``config`` (a plain TrainConfig)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(TrainConfig, config)
+    ctx = ray.train.get_context()
+    worker = Worker(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+
+    def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint_dir(d, state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    train(cfg, worker, report, resume)
+
+
+def rows_callback(segment: str, uri: str):
+    """A Ray Train callback that keeps ``uri`` (Parquet) holding every row reported so far.
+
+    It runs in the Train controller after each report, so a finished segment's rows are on
+    storage before Tune hears of them, and a crash loses at most the report in flight.
+    """
+    import pyarrow as pa
+    from ray.train import UserCallback
+
+    from ray_mtl.storage import write_parquet
+
+    class RowsCallback(UserCallback):
+        def __init__(self) -> None:
+            self.rows: dict[int, list[dict[str, Any]]] = {}
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            m = metrics[0]
+            # keyed by step: a report repeated after a restart replaces, never duplicates
+            self.rows[int(m["step"])] = metric_rows(segment, m)
+            rows = [r for step in sorted(self.rows) for r in self.rows[step]]
+            write_parquet(uri, pa.Table.from_pylist(rows))
+
+    return RowsCallback()
+
+
+def ray_trainer(
+    cfg: TrainConfig,
+    name: str,
+    storage_path: str,
+    callbacks: tuple = (),
+    max_failures: int = 0,
+    storage_filesystem: Any = None,
+):
+    """A ``TorchTrainer`` running ``cfg`` on ``cfg.resources`` workers."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    res = cfg.resources
+    per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": 1} if res.use_gpu else {})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=to_dict(cfg),
+        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            callbacks=list(callbacks),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+    )
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Run ``cfg`` in this process (world size 1, no Ray); files go under ``cfg.run_dir``."""
+    run_dir = Path(cfg.run_dir)
+    device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
+    rows: list[dict[str, Any]] = []
+
+    def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        rows.extend(metric_rows("run", metrics))
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if state is not None:
+            save_checkpoint_dir(run_dir / "checkpoints" / f"step_{metrics['step']:08d}", state)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = train(cfg, Worker(device=device), report)
+    _write_rows(run_dir / "metrics.parquet", rows)
+    return final
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+
+    from ray_mtl.storage import atomic_write_parquet
+
+    atomic_write_parquet(path, pa.Table.from_pylist(rows))
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m ray_mtl.train", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--config", required=True, help="a TrainConfig YAML file")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers (overrides the config)")
+    p.add_argument("--init-from", help="start from this fork checkpoint (dir or URI)")
+    p.add_argument("--run-dir", help="where metrics and checkpoints go")
+    p.add_argument("--no-ray", action="store_true", help="run in this process, world size 1")
+    args = p.parse_args(argv)
+
+    cfg = load(TrainConfig, args.config)
+    if args.num_workers is not None:
+        check(args.num_workers >= 1, "--num-workers", "a positive integer", args.num_workers)
+        cfg.resources.num_workers = args.num_workers
+    if args.init_from:
+        cfg.init_from = args.init_from
+    if args.run_dir:
+        cfg.run_dir = args.run_dir
+    from ray_mtl.storage import ensure_writable_dir
+
+    run_dir = ensure_writable_dir(cfg.run_dir, "run dir").resolve()
+    cfg.run_dir = str(run_dir)
+    validate(cfg)
+    if args.no_ray:
+        final = run(cfg)
+        print(f"run dir: {run_dir}")
+        return 0 if final else 1
+
+    import ray
+
+    ray.init(include_dashboard=False, configure_logging=False)
+    rows_uri = str(run_dir / "metrics.parquet")
+    trainer = ray_trainer(
+        cfg, name="train", storage_path=str(run_dir), callbacks=(rows_callback("run", rows_uri),)
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    print(f"run dir: {run_dir}\nmetrics: {rows_uri}\ncheckpoint: {result.checkpoint.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""Run a sweep: the planner's segment tree as Ray Tune trials, each a Ray Train run.
+
+    python -m ray_mtl.tune --space tune_spaces/smoke.yaml              # embedded local Ray
+    python -m ray_mtl.tune --space tune_spaces/paper_fr_ro.yaml --dry-run
+    python -m ray_mtl.tune --space tune_spaces/paper_fr_ro.yaml --storage s3://bucket/ray_mtl
+    python -m ray_mtl.tune --resume runs/smoke                          # after a crash
+
+Each Tune trial is one segment and drives a ``TorchTrainer``. A ``TreeSearcher`` hands out the
+trunks first and releases each branch the moment its parent reports the fork checkpoint (Ray's
+``TuneReportCallback`` puts the checkpoint's path in the result), so branches run while their
+trunk goes on. Results land under ``<storage>/<sweep>/``: ``metrics.parquet`` (long format),
+``trials.parquet``, ``frontier.json`` and ``report/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import ray_mtl
+from ray_mtl.config import SpaceConfig, TrainConfig, from_dict, load, to_dict
+from ray_mtl.errors import UserError, cli
+from ray_mtl.plan import Plan, Segment, describe, plan
+from ray_mtl.storage import ensure_writable_dir, filesystem
+
+SCHEMA = 1
+
+
+def segment_config(space: SpaceConfig, seg: Segment, sweep_uri: str) -> TrainConfig:
+    """The TrainConfig of one segment (``init_from`` is filled in when its fork exists)."""
+    return TrainConfig(
+        phases=seg.phases,
+        data=space.data,
+        model=space.model,
+        optim=space.optim,
+        eval=space.eval,
+        resources=space.resources,
+        batch_tokens=space.batch_tokens,
+        seed=seg.seed,
+        eval_steps=seg.eval_steps,
+        fork_steps=seg.fork_steps,
+        checkpoint_every=space.checkpoint_every,
+        run_dir=f"{sweep_uri}/segments/{seg.id}",
+    )
+
+
+def code_version() -> str:
+    """The git commit of the code (``+dirty`` when changed), else the package version."""
+    root = Path(ray_mtl.__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty=+dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return rev or ray_mtl.__version__
+    except (OSError, subprocess.SubprocessError):
+        return ray_mtl.__version__
+
+
+# --------------------------------------------------------------------------------------------
+# The searcher that walks the tree
+# --------------------------------------------------------------------------------------------
+
+
+def _searcher_class():
+    from ray.tune.search import Searcher
+
+    class TreeSearcher(Searcher):
+        """Hands out segments as Tune trials: trunks at once, branches when their fork exists.
+
+        State is a few dicts of strings, saved and restored with the experiment so that
+        ``Tuner.restore`` continues the tree instead of starting it again.
+        """
+
+        def __init__(self, segments: dict[str, dict], scheme: str = "") -> None:
+            super().__init__(metric="step", mode="max")
+            self.segments = segments  # id -> {"parent", "start_step", "train": plain TrainConfig}
+            self.scheme = scheme  # "s3://" etc.: Checkpoint.path drops it
+            self.ready = [i for i, s in segments.items() if s["parent"] is None]
+            self.issued: dict[str, str] = {}  # Tune trial id -> segment id
+            self.finished: set[str] = set()
+            self.failed: set[str] = set()
+            self.forks: dict[str, str] = {}  # "<segment>@<step>" -> checkpoint URI
+
+        def suggest(self, trial_id: str) -> dict | None:
+            if self.ready:
+                seg = self.ready.pop(0)
+                self.issued[trial_id] = seg
+                spec = self.segments[seg]
+                train = dict(spec["train"])
+                if spec["parent"] is not None:
+                    train["init_from"] = self.forks[f"{spec['parent']}@{spec['start_step']}"]
+                return {"segment": seg, "train": train}
+            if len(self.issued) + len(self.unreachable()) >= len(self.segments):
+                return Searcher.FINISHED
+            return None
+
+        def unreachable(self) -> set[str]:
+            """Segments that can never start because an ancestor failed."""
+            out: set[str] = set()
+            changed = True
+            while changed:
+                changed = False
+                for i, s in self.segments.items():
+                    bad = s["parent"] in self.failed or s["parent"] in out
+                    if bad and i not in out and i not in self.issued.values():
+                        out.add(i)
+                        changed = True
+            return out
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            path = result.get("checkpoint_path")
+            seg = self.issued.get(trial_id)
+            if not path or seg is None:
+                return
+            step = int(result["step"])
+            key = f"{seg}@{step}"
+            if key in self.forks:
+                return
+            self.forks[key] = self.scheme + path if "://" not in path else path
+            for i, s in self.segments.items():
+                if s["parent"] == seg and s["start_step"] == step:
+                    self.ready.append(i)
+
+        def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+            seg = self.issued.get(trial_id)
+            if seg is not None:
+                (self.failed if error else self.finished).add(seg)
+
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.__dict__, f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as f:
+                self.__dict__.update(pickle.load(f))
+
+    return TreeSearcher
+
+
+def run_segment(config: dict[str, Any]) -> None:
+    """A Tune trial: one segment, as a Ray Train run whose metrics flow back to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ray_mtl.train import ray_trainer, rows_callback
+
+    cfg = from_dict(TrainConfig, config["train"])
+    seg = config["segment"]
+    segments_dir = cfg.run_dir.rsplit("/", 1)[0]
+    fs = None
+    if "://" in segments_dir:
+        fs, segments_dir = filesystem(segments_dir)
+    trainer = ray_trainer(
+        cfg,
+        name=seg,
+        storage_path=segments_dir,
+        storage_filesystem=fs,
+        callbacks=(TuneReportCallback(), rows_callback(seg, f"{cfg.run_dir}/metrics.parquet")),
+        max_failures=int(os.environ.get("RAY_MTL_MAX_FAILURES", "2")),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+
+def _tree_progress_callback(plan_: Plan):
+    from ray.tune import Callback
+
+    total = plan_.tree_steps
+
+    class TreeProgress(Callback):
+        """One line of tree progress under Tune's table: segments and steps done of total."""
+
+        def __init__(self) -> None:
+            self.steps: dict[str, int] = {}
+            self.done: set[str] = set()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            seg = plan_.segments[trial.config["segment"]]
+            self.steps[seg.id] = int(result["step"]) - seg.start_step
+            self._print()
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self.done.add(trial.config["segment"])
+            self._print()
+
+        def _print(self) -> None:
+            done = sum(self.steps.values())
+            print(
+                f"tree: {len(self.done)}/{len(plan_.segments)} segments, "
+                f"{done:,}/{total:,} steps ({100 * done / max(total, 1):.0f}%)",
+                flush=True,
+            )
+
+    return TreeProgress()
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+def collect_results(space: SpaceConfig, plan_: Plan, sweep_uri: str, manifest_hash: str) -> None:
+    """Merge per-segment rows into ``metrics.parquet`` and write ``trials.parquet``."""
+    import json
+
+    import pyarrow as pa
+
+    from ray_mtl.storage import read_parquet, write_parquet
+
+    fs, root = filesystem(sweep_uri)
+    tables, ends = [], {}
+    for seg in plan_.segments.values():
+        uri = f"{sweep_uri}/segments/{seg.id}/metrics.parquet"
+        if fs.get_file_info(f"{root}/segments/{seg.id}/metrics.parquet").type.name != "File":
+            continue
+        t = read_parquet(uri)
+        tables.append(t)
+        ends[seg.id] = max(t.column("step").to_pylist(), default=0)
+    metrics = pa.concat_tables(tables) if tables else None
+    if metrics is not None:
+        write_parquet(f"{sweep_uri}/metrics.parquet", metrics)
+    version = code_version()
+    rows = []
+    for t in plan_.trials:
+        finished = all(ends.get(p.segment, -1) >= p.to_step for p in t.lineage)
+        started = any(p.segment in ends for p in t.lineage)
+        lineage = [
+            dict(segment=p.segment, from_step=p.from_step, to_step=p.to_step) for p in t.lineage
+        ]
+        rows.append(
+            dict(
+                trial=t.id,
+                method=t.method,
+                L=t.L,
+                F=t.F,
+                w=math.nan if t.w is None else t.w,
+                temperature=math.nan if t.temperature is None else t.temperature,
+                max_epochs=math.nan if t.max_epochs is None else t.max_epochs,
+                seed=t.seed,
+                lineage=json.dumps(lineage),
+                final_step=t.final_step,
+                status="finished" if finished else ("running" if started else "pending"),
+                manifest_hash=manifest_hash,
+                code_version=version,
+            )
+        )
+    write_parquet(f"{sweep_uri}/trials.parquet", pa.Table.from_pylist(rows))
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _write_text(uri: str, text: str) -> None:
+    from ray_mtl.storage import atomic_write_text
+
+    if "://" not in uri:
+        atomic_write_text(uri, text)
+        return
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def sweep_uri_of(space: SpaceConfig) -> str:
+    if "://" in space.storage:
+        return f"{space.storage.rstrip('/')}/{space.name}"
+    root = ensure_writable_dir(space.storage, "storage path").resolve()
+    return str(root / space.name)
+
+
+def _connect_ray(dashboard: bool) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # RAY_ADDRESS (set by `ray job submit`) joins the cluster; otherwise an embedded local Ray,
+    # its dashboard (if any) on localhost only.
+    ray.init(
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        configure_logging=False,
+    )
+
+
+def max_concurrent(space: SpaceConfig) -> int:
+    """Segments that fit the cluster at once (each: its workers plus 0.01 CPU for the trial)."""
+    import ray
+
+    if space.max_concurrent:
+        return space.max_concurrent
+    res, total = space.resources, ray.cluster_resources()
+    fits = int(total.get("CPU", 1) // (res.num_workers * res.cpus_per_worker + 0.01))
+    if res.use_gpu:
+        fits = min(fits, int(total.get("GPU", 0) // res.num_workers))
+    if fits < 1:
+        need = "GPUs" if res.use_gpu else "CPUs"
+        raise UserError(
+            f"resources: one segment needs {res.num_workers} workers but the cluster has "
+            f"{total.get('GPU' if res.use_gpu else 'CPU', 0)} {need}"
+        )
+    return fits
+
+
+def run_sweep(space: SpaceConfig, *, resume: bool = False, dashboard: bool = False) -> str:
+    """Run (or resume) the sweep of ``space``; returns its results URI."""
+    from ray import tune
+
+    from ray_mtl.train import validate
+
+    tree = plan(space)
+    sweep_uri = sweep_uri_of(space)
+    prepared = validate(segment_config(space, next(iter(tree.segments.values())), sweep_uri))
+    _write_text(f"{sweep_uri}/space.yaml", yaml.safe_dump(to_dict(space), sort_keys=False))
+    import json
+
+    _write_text(f"{sweep_uri}/plan.json", json.dumps(tree.to_dict(), indent=1))
+    _write_text(
+        f"{sweep_uri}/results.json",
+        json.dumps({"schema": SCHEMA, "name": space.name, "manifest_hash": prepared.manifest_hash}),
+    )
+    print(describe(tree).splitlines()[-1], flush=True)
+
+    _connect_ray(dashboard)
+    scheme = space.storage.split("://")[0] + "://" if "://" in space.storage else ""
+    segments = {
+        s.id: {
+            "parent": s.parent,
+            "start_step": s.start_step,
+            "train": to_dict(segment_config(space, s, sweep_uri)),
+        }
+        for s in tree.segments.values()
+    }
+    trainable = tune.with_resources(run_segment, {"CPU": 0.01})
+    fs = None
+    storage = str(Path(sweep_uri).parent) if "://" not in sweep_uri else space.storage
+    if "://" in storage:
+        fs, storage = filesystem(storage)
+    if resume:
+        tuner = tune.Tuner.restore(sweep_uri, trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher_class()(segments, scheme),
+                num_samples=-1,
+                max_concurrent_trials=max_concurrent(space),
+            ),
+            run_config=tune.RunConfig(
+                name=space.name,
+                storage_path=storage,
+                storage_filesystem=fs,
+                callbacks=[_tree_progress_callback(tree)],
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    collect_results(space, tree, sweep_uri, prepared.manifest_hash)
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        print(f"{len(errors)} segment(s) failed; first: {errors[0]}", file=sys.stderr)
+    return sweep_uri
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    doc = __doc__.split("\n\n")[0]
+    p = argparse.ArgumentParser(prog="python -m ray_mtl.tune", description=doc)
+    p.add_argument("--space", help="a search space YAML (tune_spaces/*.yaml)")
+    p.add_argument("--storage", help="override the space's storage path (dir, NFS, s3://, gs://)")
+    p.add_argument("--dry-run", action="store_true", help="print the segment tree and exit")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="resume the sweep in this dir")
+    p.add_argument("--no-report", action="store_true", help="skip the frontier report")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (localhost)")
+    args = p.parse_args(argv)
+    if bool(args.space) == bool(args.resume):
+        raise UserError("give exactly one of --space FILE or --resume SWEEP_DIR")
+    if args.resume:
+        space = load(SpaceConfig, Path(args.resume) / "space.yaml")
+        space.storage = str(Path(args.resume).resolve().parent)
+    else:
+        space = load(SpaceConfig, args.space)
+    if args.storage:
+        space.storage = args.storage
+    if args.dry_run:
+        print(describe(plan(space)))
+        return 0
+    sweep_uri = run_sweep(space, resume=bool(args.resume), dashboard=args.dashboard)
+    print(f"results: {sweep_uri}")
+    if not args.no_report:
+        from ray_mtl import frontier, report
+
+        results = frontier.load_results(sweep_uri)
+        frontier.write_frontier(results, sweep_uri)
+        print(f"report: {report.write_report(sweep_uri)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
