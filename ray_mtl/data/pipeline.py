@@ -1,0 +1,371 @@
+"""``prepare(cfg)``: corpora in, a prepared data dir out, every stage cached by its inputs.
+
+    data = prepare(DataConfig(tasks=["eng-fra", "eng-ron"]))   # builds, or reuses the cache
+    print(table(data), data.root)
+
+Stages, each written whole (temp dir + rename) under ``<out>/stages/`` and keyed by a hash of
+exactly what it depends on, so a changed input rebuilds only what it affects:
+
+1. clean (per task): read + validate + normalise + dedupe, split, decontaminate. Key: the
+   task's file contents (sha256), columns and the split settings.
+2. tokenizer (all tasks): joint SentencePiece. Key: every task's cleaned train text + settings.
+3. encode (per task): token ids, pairs over ``max_len`` dropped. Key: clean key + tokenizer key.
+
+The result, ``<out>/prepared/<key>/`` (manifest, tokenizer, shards hard-linked from the encode
+stage), is keyed by all of them; when it exists, ``prepare`` only hashes the input files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sentencepiece as spm
+
+from ray_mtl.config import DataConfig
+from ray_mtl.data import download
+from ray_mtl.data.catalog import TATOEBA_LANGS, Task, cache_root, data_dir, resolve_tasks
+from ray_mtl.data.corpus import Pair, ReadStats, read_pairs
+from ray_mtl.data.prepared import SPLITS, Prepared, load_prepared, manifest_hash
+from ray_mtl.data.splits import make_splits
+from ray_mtl.data.tokenizer import EOS, SETTINGS, balanced_sample, train_tokenizer
+from ray_mtl.errors import UserError
+from ray_mtl.storage import atomic_dir, atomic_write_json, ensure_writable_dir
+
+FORMAT = 1
+"""Bump when any stage's output changes for the same inputs: every cache key includes it."""
+
+
+def prepare(cfg: DataConfig, *, verbose: bool = True) -> Prepared:
+    """Build (or reuse) the prepared data dir for ``cfg``; ``Prepared.built`` lists what ran."""
+    log = _logger(verbose)
+    out = ensure_writable_dir(Path(cfg.out_dir) if cfg.out_dir else cache_root(), "output dir")
+    root, is_cache = data_dir(cfg)
+    tasks = resolve_tasks(cfg, root)
+    if is_cache:
+        _download_missing(tasks, root, log)
+    stages = out / "stages"
+    built: list[str] = []
+
+    cleaned = {t.name: _clean(t, cfg, stages, log, built) for t in tasks}
+    tok_key, tok_dir = _tokenizer(tasks, cleaned, cfg, stages, log, built)
+    encoded = {
+        t.name: _encode(t, cleaned[t.name], tok_key, tok_dir, cfg, stages, log, built)
+        for t in tasks
+    }
+
+    key = _digest([FORMAT, tok_key, [(t.name, encoded[t.name]["key"]) for t in tasks]])
+    final = out / "prepared" / key[:16]
+    if (final / "manifest.json").is_file() and not built:
+        log(f"cached: nothing to rebuild, {final}")
+    else:
+        with atomic_dir(final) as tmp:
+            shutil.copy2(tok_dir / "tokenizer.model", tmp / "tokenizer.model")
+            for t in tasks:
+                (tmp / "shards" / t.name).mkdir(parents=True)
+                for split in SPLITS:
+                    _link(
+                        encoded[t.name]["dir"] / f"{split}.parquet",
+                        tmp / "shards" / t.name / f"{split}.parquet",
+                    )
+            manifest = _manifest(key, cfg, tasks, cleaned, encoded, tok_key, tok_dir)
+            atomic_write_json(tmp / "manifest.json", manifest)
+        log(f"wrote {final}")
+    prepared = load_prepared(final)
+    prepared.built = built
+    return prepared
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _clean(task: Task, cfg: DataConfig, stages: Path, log, built: list[str]) -> dict:
+    files = {split: [_file_info(p) for p in getattr(task, split)] for split in ("train", "test")}
+    settings = dict(
+        max_pairs=cfg.max_pairs,
+        dev_size=cfg.dev_size,
+        dev_fraction=cfg.dev_fraction,
+        seed=cfg.seed,
+        strict=cfg.strict,
+    )
+    key = _digest(
+        [
+            FORMAT,
+            task.name,
+            task.src_lang,
+            task.tgt_lang,
+            task.columns,
+            {s: [f["sha256"] for f in fs] for s, fs in files.items()},
+            settings,
+        ]
+    )
+    final = stages / "clean" / f"{task.name}-{key[:16]}"
+    if (final / "meta.json").is_file():
+        log(f"{task.name}: cleaned splits cached")
+        return _meta(final)
+
+    train, train_stats = _read(task, "train", cfg, log)
+    test, test_stats = _read(task, "test", cfg, log) if task.test else (None, ReadStats())
+    splits = make_splits(
+        task.name, train, test, dev_size=cfg.dev_size, dev_fraction=cfg.dev_fraction, seed=cfg.seed
+    )
+    for f, n in zip(
+        files["train"] + files["test"], train_stats.per_file + test_stats.per_file, strict=True
+    ):
+        f["lines"] = n
+    invalid = train_stats.invalid + test_stats.invalid
+    meta = dict(
+        key=key,
+        files=files,
+        counts=dict(
+            raw=train_stats.lines + test_stats.lines,
+            invalid=dict(sorted(invalid.items())),
+            duplicate=splits.duplicate,
+            decontaminated=splits.decontaminated,
+            train=len(splits.train),
+            dev=len(splits.dev),
+            test=len(splits.test),
+        ),
+        train_text=_digest(splits.train),
+    )
+    with atomic_dir(final) as tmp:
+        for split in SPLITS:
+            pairs = getattr(splits, split)
+            table = pa.table(
+                {"src": [s for s, _ in pairs], "tgt": [t for _, t in pairs]},
+                schema=pa.schema([("src", pa.string()), ("tgt", pa.string())]),
+            )
+            pq.write_table(table, tmp / f"{split}.parquet")
+        atomic_write_json(tmp / "meta.json", meta)
+    built.append(f"clean:{task.name}")
+    c = meta["counts"]
+    log(
+        f"{task.name}: {c['train']:,} train / {c['dev']:,} dev / {c['test']:,} test "
+        f"({c['decontaminated']:,} removed by decontamination)"
+    )
+    return _meta(final)
+
+
+def _read(task: Task, split: str, cfg: DataConfig, log) -> tuple[list[Pair], ReadStats]:
+    pairs: list[Pair] = []
+    stats = ReadStats()
+    for path in getattr(task, split):
+        log(f"reading {task.name} {split} ({path.name}) ...", end="")
+        p, s = read_pairs(path, columns=task.columns, max_lines=cfg.max_pairs, strict=cfg.strict)
+        bad = sum(s.invalid.values())
+        log(f" {s.lines:,} lines" + (f", {bad:,} invalid" if bad else ""), prefix=False)
+        pairs += p
+        stats.add(s)
+    return pairs, stats
+
+
+def _tokenizer(
+    tasks: list[Task], cleaned: dict, cfg: DataConfig, stages: Path, log, built: list[str]
+) -> tuple[str, Path]:
+    tags = sorted({t.tag for t in tasks})
+    settings = dict(
+        SETTINGS,
+        vocab_size=cfg.vocab_size,
+        temperature=cfg.tokenizer_temperature,
+        sample=cfg.tokenizer_sample,
+        seed=cfg.seed,
+        tags=tags,
+    )
+    key = _digest(
+        [FORMAT, settings, sorted((t.name, cleaned[t.name]["train_text"]) for t in tasks)]
+    )
+    final = stages / "tokenizer" / key[:16]
+    if (final / "meta.json").is_file():
+        log("tokenizer cached")
+        return key, final
+
+    by_lang: dict[str, dict[str, None]] = {}
+    for t in tasks:
+        train = pq.read_table(cleaned[t.name]["dir"] / "train.parquet")
+        # dict keys: a sentence shared by several tasks counts once for its language.
+        by_lang.setdefault(t.src_lang, {}).update(dict.fromkeys(train.column("src").to_pylist()))
+        by_lang.setdefault(t.tgt_lang, {}).update(dict.fromkeys(train.column("tgt").to_pylist()))
+    sample, per_lang = balanced_sample(
+        {k: list(v) for k, v in by_lang.items()},
+        size=cfg.tokenizer_sample,
+        temperature=cfg.tokenizer_temperature,
+        seed=cfg.seed,
+    )
+    log(f"training tokenizer on {len(sample):,} sentences (vocab {cfg.vocab_size:,}) ...", end="")
+    start = time.perf_counter()
+    proto = train_tokenizer(sample, vocab_size=cfg.vocab_size, tags=tags)
+    log(f" {time.perf_counter() - start:.1f} s", prefix=False)
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    meta = dict(key=key, settings=settings, vocab_size=sp.get_piece_size(), sample_by_lang=per_lang)
+    with atomic_dir(final) as tmp:
+        (tmp / "tokenizer.model").write_bytes(proto)
+        atomic_write_json(tmp / "meta.json", meta)
+    built.append("tokenizer")
+    return key, final
+
+
+def _encode(
+    task: Task,
+    clean: dict,
+    tok_key: str,
+    tok_dir: Path,
+    cfg: DataConfig,
+    stages: Path,
+    log,
+    built: list[str],
+) -> dict:
+    key = _digest([FORMAT, clean["key"], tok_key, cfg.max_len])
+    final = stages / "encoded" / f"{task.name}-{key[:16]}"
+    if (final / "meta.json").is_file():
+        log(f"{task.name}: encoded shards cached")
+        return _meta(final)
+
+    sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model"))
+    tag = sp.piece_to_id(task.tag)
+    too_long = {}
+    log(f"encoding {task.name} ...", end="")
+    with atomic_dir(final) as tmp:
+        for split in SPLITS:
+            text = pq.read_table(clean["dir"] / f"{split}.parquet")
+            table, too_long[split] = _encode_split(sp, text, tag, cfg.max_len)
+            pq.write_table(table, tmp / f"{split}.parquet")
+        atomic_write_json(tmp / "meta.json", dict(key=key, too_long=too_long))
+    log(
+        f" {sum(clean['counts'][s] for s in SPLITS):,} pairs, {sum(too_long.values()):,} too long",
+        prefix=False,
+    )
+    built.append(f"encode:{task.name}")
+    return _meta(final)
+
+
+def _encode_split(sp, text: pa.Table, tag: int, max_len: int) -> tuple[pa.Table, int]:
+    """src = [tag] + pieces + [EOS], tgt = pieces + [EOS]; pairs with a side over max_len go."""
+    src_text, tgt_text = text.column("src").to_pylist(), text.column("tgt").to_pylist()
+    src_ids = sp.encode(src_text, num_threads=2)
+    tgt_ids = sp.encode(tgt_text, num_threads=2)
+    keep = [
+        i
+        for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True))
+        if len(s) + 2 <= max_len and len(t) + 1 <= max_len
+    ]
+    src = _list_array([[tag, *src_ids[i], EOS] for i in keep])
+    tgt = _list_array([[*tgt_ids[i], EOS] for i in keep])
+    table = pa.table(
+        {
+            "src": src,
+            "tgt": tgt,
+            "src_text": pa.array([src_text[i] for i in keep], pa.string()),
+            "tgt_text": pa.array([tgt_text[i] for i in keep], pa.string()),
+        }
+    )
+    return table, len(src_ids) - len(keep)
+
+
+def _list_array(rows: list[list[int]]) -> pa.ListArray:
+    # Flat values + offsets: far faster than pa.array on nested Python lists.
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int32, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=offsets[-1])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def _manifest(key, cfg, tasks, cleaned, encoded, tok_key, tok_dir) -> dict:
+    tok = _meta(tok_dir)
+    out = {}
+    for t in tasks:
+        c = dict(cleaned[t.name]["counts"])
+        too_long = encoded[t.name]["too_long"]
+        c["too_long"] = sum(too_long.values())
+        for split in SPLITS:
+            c[split] -= too_long[split]
+        out[t.name] = dict(
+            src_lang=t.src_lang,
+            tgt_lang=t.tgt_lang,
+            tag=t.tag,
+            files=cleaned[t.name]["files"],
+            counts=c,
+            clean_key=cleaned[t.name]["key"],
+            encode_key=encoded[t.name]["key"],
+        )
+    manifest = dict(
+        format=FORMAT,
+        key=key,
+        settings=dict(
+            max_pairs=cfg.max_pairs,
+            max_len=cfg.max_len,
+            dev_size=cfg.dev_size,
+            dev_fraction=cfg.dev_fraction,
+            seed=cfg.seed,
+            strict=cfg.strict,
+        ),
+        tokenizer=dict(
+            tok["settings"],
+            hash=tok_key,
+            vocab_size=tok["vocab_size"],
+            requested_vocab_size=cfg.vocab_size,
+            sample_by_lang=tok["sample_by_lang"],
+            special=dict(pad=0, unk=1, bos=2, eos=EOS),
+        ),
+        tasks=out,
+        task_order=[t.name for t in tasks],
+    )
+    manifest["hash"] = manifest_hash(manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _download_missing(tasks: list[Task], root: Path, log) -> None:
+    for t in tasks:
+        shipped = t.tgt_lang in TATOEBA_LANGS and t.name == f"eng-{t.tgt_lang}"
+        if shipped and not all(p.is_file() for p in t.train + t.test):
+            log(f"downloading {t.name} into {root} ...")
+            download.fetch_tatoeba(t.tgt_lang, root)
+
+
+def _file_info(path: Path) -> dict:
+    try:
+        return dict(path=str(path), sha256=download.sha256_file(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _meta(stage: Path) -> dict:
+    meta = json.loads((stage / "meta.json").read_text())
+    meta["dir"] = stage
+    return meta
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or no hard links there
+        shutil.copy2(src, dst)
+
+
+def _logger(verbose: bool):
+    def log(msg: str, end: str = "\n", prefix: bool = True) -> None:
+        if verbose:
+            print(("prepare: " if prefix else "") + msg, end=end, file=sys.stderr, flush=True)
+
+    return log

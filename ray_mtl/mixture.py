@@ -1,0 +1,359 @@
+"""Task mixtures: the rate rules, and a sampler that draws token-budgeted batches from them.
+
+    w = rates({"eng-fra": 167130, "eng-ron": 14237}, MixtureConfig(rule="temperature",
+                                                                   temperature=5.0))
+    sampler = MixtureSampler({"eng-fra": (table["src"], table["tgt"]), ...}, w,
+                             batch_tokens=4096, seed=0, rank=rank, world_size=world_size)
+    batch = sampler.next_batch()             # Batch(src, tgt_in, tgt_out, task_ids, n_tokens)
+    sampler.set_rates(new_w)                 # at a phase boundary
+    ckpt["sampler"] = sampler.state_dict()   # plain ints/floats/lists: fine for weights_only
+
+Sampling is proportional sampling of examples (each example's task is drawn i.i.d. with
+probability ``w_i``), never loss weighting. Each task is a stream over its examples, reshuffled
+every epoch with a permutation seeded by (seed, task, epoch).
+
+Batches: a pool of about ``pool_batches`` batches' worth of examples is drawn, sorted by length
+and cut into batches whose padded size ``n * (max_src + max_tgt)`` stays within ``batch_tokens``,
+and the batches are served in a shuffled order. Sorting keeps padding low; the task draw stays
+i.i.d., so realized rates match the targets (a single batch is not a sample of the mixture).
+
+DDP: ``batch_tokens`` is the global budget. Every rank simulates the same global stream and
+takes rows ``[rank::world_size]`` of each global batch, so 2 ranks see exactly the examples of
+1 rank with the same budget (a global batch always has at least ``world_size`` examples).
+
+The rate rules are pure Python; torch is imported only when a batch is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ray_mtl.config import MixtureConfig
+from ray_mtl.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+PAD, BOS, EOS = 0, 2, 3
+
+# --------------------------------------------------------------------------------------------
+# Rate rules
+# --------------------------------------------------------------------------------------------
+
+
+def rates(sizes: dict[str, int], cfg: MixtureConfig) -> dict[str, float]:
+    """Sampling rates for every task in ``sizes`` (examples per task), summing to 1.
+
+    explicit: ``cfg.rates`` (unnamed tasks get 0). proportional: ``p_i ∝ n_i``. temperature:
+    ``p_i ∝ n_i^(1/T)``. unimax (Chung et al. 2023): a budget of ``B`` examples; tasks are visited
+    from smallest to largest and each gets ``min(remaining / tasks_left, max_epochs * n_i)``;
+    the allocations are normalised. Derived rules mix ``cfg.tasks`` (empty: all); others get 0.
+    """
+    expected = ", ".join(sorted(sizes))
+    for name, n in sizes.items():
+        if not (isinstance(n, int) and n >= 0):
+            raise ValueError(f"size of task {name!r} must be an int >= 0, got {n!r}")
+    if cfg.rule == "explicit":
+        for name, r in cfg.rates.items():
+            if name not in sizes:
+                raise UserError(f"mixture.rates.{name}: unknown task (expected one of {expected})")
+            if r > 0 and sizes[name] == 0:
+                raise UserError(f"mixture.rates.{name}: rate {r} for a task with no examples")
+        weights = {name: float(r) for name, r in cfg.rates.items()}
+    else:
+        for i, name in enumerate(cfg.tasks):
+            if name not in sizes:
+                raise UserError(
+                    f"mixture.tasks[{i}]: unknown task {name!r} (expected one of {expected})"
+                )
+        n = {name: sizes[name] for name in (cfg.tasks or sizes)}
+        if cfg.rule == "proportional":
+            weights = {name: float(v) for name, v in n.items()}
+        elif cfg.rule == "temperature":
+            weights = {name: v ** (1 / cfg.temperature) if v else 0.0 for name, v in n.items()}
+        else:
+            weights = _unimax(n, cfg.budget, cfg.max_epochs)
+    total = sum(weights.values())
+    if total <= 0:
+        raise UserError(f"mixture: rule {cfg.rule!r} gives no task a positive rate")
+    return {name: weights.get(name, 0.0) / total for name in sizes}
+
+
+def _unimax(sizes: dict[str, int], budget: int, max_epochs: float) -> dict[str, float]:
+    """UniMax allocations (examples per task) for a budget of ``budget`` examples."""
+    alloc = {}
+    remaining = float(budget)
+    order = sorted(sizes, key=lambda name: (sizes[name], name))
+    for i, name in enumerate(order):
+        alloc[name] = min(remaining / (len(order) - i), max_epochs * sizes[name])
+        remaining -= alloc[name]
+    return alloc
+
+
+def check_rates(w: dict[str, float], tasks: list[str], field: str = "rates") -> dict[str, float]:
+    """Validate sampling rates over ``tasks``; returns a rate for every task (missing: 0)."""
+    expected = ", ".join(tasks)
+    for name, r in w.items():
+        if name not in tasks:
+            raise UserError(f"{field}.{name}: unknown task (expected one of {expected})")
+        if not (isinstance(r, int | float) and 0 <= r <= 1):
+            raise UserError(f"{field}.{name}: expected a rate in [0, 1], got {r!r}")
+    total = sum(w.values())
+    if abs(total - 1) > 1e-6:
+        raise UserError(f"{field}: expected rates summing to 1, got {round(total, 9)!r}")
+    return {name: float(w.get(name, 0.0)) for name in tasks}
+
+
+# --------------------------------------------------------------------------------------------
+# Sampler
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Batch:
+    """One rank's share of a global batch; PAD=0 pads every row."""
+
+    src: torch.Tensor
+    """[B, S] source ids."""
+    tgt_in: torch.Tensor
+    """[B, T] decoder input: BOS then the target without its last token."""
+    tgt_out: torch.Tensor
+    """[B, T] decoder labels: the target (ending with EOS)."""
+    task_ids: torch.Tensor
+    """[B] index of each row's task in ``MixtureSampler.tasks``."""
+    n_tokens: int
+    """Non-pad target tokens in this batch."""
+
+
+def _flat(col: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a list column: row i is ``values[offsets[i]:offsets[i + 1]]``."""
+    if hasattr(col, "num_chunks"):  # a pyarrow Table column (ChunkedArray)
+        col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    if hasattr(col, "offsets"):
+        # Zero-copy views of the (memory-mapped) Arrow buffers; offsets index the unsliced values.
+        return col.values.to_numpy(), col.offsets.to_numpy()
+    offsets = np.zeros(len(col) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in col], out=offsets[1:])
+    values = np.fromiter((v for x in col for v in x), dtype=np.int64, count=int(offsets[-1]))
+    return values, offsets
+
+
+class _Task:
+    """One task's examples, and its stream: a fresh seeded permutation every epoch."""
+
+    def __init__(self, name: str, src: Any, tgt: Any, seed: int) -> None:
+        self.src, self.src_off = _flat(src)
+        self.tgt, self.tgt_off = _flat(tgt)
+        self.n = len(self.src_off) - 1
+        if self.n != len(self.tgt_off) - 1:
+            raise UserError(f"task {name}: {self.n} source rows but {len(self.tgt_off) - 1} target")
+        self.src_len = np.diff(self.src_off)
+        self.tgt_len = np.diff(self.tgt_off)
+        self._key = [seed, 1, zlib.crc32(name.encode())]
+        self.seek(0, 0)
+
+    def seek(self, epoch: int, pos: int) -> None:
+        self.epoch, self.pos = epoch, pos
+        self._perm = np.random.default_rng([*self._key, epoch]).permutation(self.n)
+
+    def next(self) -> int:
+        if self.pos == self.n:
+            self.seek(self.epoch + 1, 0)
+        self.pos += 1
+        return int(self._perm[self.pos - 1])
+
+
+class MixtureSampler:
+    """Token-budgeted batches from a mixture of tasks; deterministic given seed, rank, world_size.
+
+    ``tasks`` maps a task to its (source id lists, target id lists): pyarrow list columns
+    (read zero-copy) or Python lists. Targets end with EOS. ``task_ids`` in a Batch index
+    ``self.tasks`` (the order of ``tasks``).
+    """
+
+    def __init__(
+        self,
+        tasks: dict[str, tuple[Any, Any]],
+        rates: dict[str, float],
+        batch_tokens: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        pool_batches: int = 16,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.tasks = list(tasks)
+        self._data = [_Task(name, src, tgt, seed) for name, (src, tgt) in tasks.items()]
+        self.batch_tokens = batch_tokens
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.pool_batches = pool_batches
+        self._examples = [0] * len(self.tasks)  # delivered (whole global batch), for accounting
+        self._tokens = [0] * len(self.tasks)
+        self._pool_index = 0  # pool p draws from rng (seed, 0, p): a resume needs only p
+        self._pool: list[np.ndarray] | None = None  # global batches of (task, example) rows
+        self._consumed = 0
+        self._snapshot: list[tuple[int, int]] = []  # stream (epoch, pos) when the pool was drawn
+        self._set(rates)
+
+    def _set(self, w: dict[str, float]) -> None:
+        self._rates = check_rates(w, self.tasks)
+        for t, name in zip(self._data, self.tasks, strict=True):
+            if self._rates[name] > 0 and t.n == 0:
+                raise UserError(f"rates.{name}: rate {self._rates[name]} for a task with no data")
+        self._p = np.array([self._rates[name] for name in self.tasks])
+        self._p /= self._p.sum()
+        self._phase_examples = [0] * len(self.tasks)
+
+    def set_rates(self, rates: dict[str, float]) -> None:
+        """New rates from the next batch on; the rest of the current pool is dropped.
+
+        The same rates again is a no-op, so a resumed run may call it without changing the stream.
+        """
+        if check_rates(rates, self.tasks) == self._rates:
+            return
+        if self._pool is not None:
+            self._pool, self._consumed = None, 0
+            self._pool_index += 1
+        self._set(rates)
+
+    # -- drawing ------------------------------------------------------------------------------
+
+    def _draw_pool(self) -> None:
+        rng = np.random.default_rng([self.seed, 0, self._pool_index])
+        self._snapshot = [(t.epoch, t.pos) for t in self._data]
+        rows, src_len, tgt_len = [], [], []
+        cost, budget = 0, self.pool_batches * self.batch_tokens
+        while cost < budget or len(rows) < self.world_size:
+            for k in rng.choice(len(self.tasks), size=1024, p=self._p).tolist():
+                task = self._data[k]
+                i = task.next()
+                rows.append((k, i))
+                src_len.append(int(task.src_len[i]))
+                tgt_len.append(int(task.tgt_len[i]))
+                cost += src_len[-1] + tgt_len[-1]
+                if cost >= budget and len(rows) >= self.world_size:
+                    break
+        rows = np.array(rows, dtype=np.int64)
+        src_len, tgt_len = np.array(src_len), np.array(tgt_len)
+        order = np.lexsort((src_len + tgt_len, np.maximum(src_len, tgt_len)))
+        batches, cur, ms, mt = [], [], 0, 0
+        for j in order.tolist():
+            s, t = max(ms, src_len[j]), max(mt, tgt_len[j])
+            if len(cur) >= self.world_size and (len(cur) + 1) * (s + t) > self.batch_tokens:
+                batches.append(cur)
+                cur, s, t = [], src_len[j], tgt_len[j]
+            cur.append(j)
+            ms, mt = s, t
+        if len(cur) < self.world_size:  # too few rows for every rank: join the previous batch
+            batches[-1].extend(cur)
+        else:
+            batches.append(cur)
+        self._pool = [rows[batches[b]] for b in rng.permutation(len(batches)).tolist()]
+        self._consumed = 0
+
+    def next_batch(self) -> Batch:
+        """This rank's share of the next global batch."""
+        if self._pool is None:
+            self._draw_pool()
+        rows = self._pool[self._consumed]
+        self._consumed += 1
+        if self._consumed == len(self._pool):
+            self._pool, self._consumed = None, 0
+            self._pool_index += 1
+        for k, i in rows.tolist():
+            t = self._data[k]
+            self._examples[k] += 1
+            self._phase_examples[k] += 1
+            self._tokens[k] += int(t.src_len[i] + t.tgt_len[i])
+        return self._tensors(rows[self.rank :: self.world_size])
+
+    def _tensors(self, rows: np.ndarray) -> Batch:
+        import torch  # here only: the rate rules stay importable without torch
+
+        data = self._data
+        src_len = [int(data[k].src_len[i]) for k, i in rows]
+        tgt_len = [int(data[k].tgt_len[i]) for k, i in rows]
+        src = np.full((len(rows), max(src_len)), PAD, dtype=np.int64)
+        tgt_out = np.full((len(rows), max(tgt_len)), PAD, dtype=np.int64)
+        tgt_in = tgt_out.copy()
+        for r, (k, i) in enumerate(rows.tolist()):
+            t = data[k]
+            src[r, : src_len[r]] = t.src[t.src_off[i] : t.src_off[i + 1]]
+            tgt = t.tgt[t.tgt_off[i] : t.tgt_off[i + 1]]
+            tgt_out[r, : tgt_len[r]] = tgt
+            tgt_in[r, 0] = BOS
+            tgt_in[r, 1 : tgt_len[r]] = tgt[:-1]
+        return Batch(
+            src=torch.from_numpy(src),
+            tgt_in=torch.from_numpy(tgt_in),
+            tgt_out=torch.from_numpy(tgt_out),
+            task_ids=torch.from_numpy(rows[:, 0].copy()),
+            n_tokens=sum(tgt_len),
+        )
+
+    # -- state and accounting -----------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Plain ints, floats, lists and strings: the pool is redrawn from its index on load."""
+        active = self._pool is not None
+        streams = self._snapshot if active else [(t.epoch, t.pos) for t in self._data]
+        return {
+            "tasks": list(self.tasks),
+            "seed": self.seed,
+            "batch_tokens": self.batch_tokens,
+            "world_size": self.world_size,
+            "pool_batches": self.pool_batches,
+            "rates": dict(self._rates),
+            "pool_index": self._pool_index,
+            "pool_active": active,
+            "consumed": self._consumed,
+            "streams": [[int(e), int(p)] for e, p in streams],
+            "examples": list(self._examples),
+            "tokens": list(self._tokens),
+            "phase_examples": list(self._phase_examples),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("tasks", "seed", "batch_tokens", "world_size", "pool_batches"):
+            if state[key] != getattr(self, key):
+                raise UserError(
+                    f"sampler state: saved with {key}={state[key]!r}, "
+                    f"this run has {getattr(self, key)!r}"
+                )
+        self._set(state["rates"])
+        for t, (epoch, pos) in zip(self._data, state["streams"], strict=True):
+            t.seek(epoch, pos)
+        self._pool_index = state["pool_index"]
+        self._pool = None
+        if state["pool_active"]:
+            self._draw_pool()
+            self._consumed = state["consumed"]
+        self._examples = list(state["examples"])
+        self._tokens = list(state["tokens"])
+        self._phase_examples = list(state["phase_examples"])
+
+    def accounting(self) -> dict[str, dict]:
+        """Per task, over the global stream (identical on every rank).
+
+        target_rate: the current rate; realized_rate: share of examples since the rates were
+        last set; examples/tokens (source + target, unpadded): delivered so far; epochs:
+        delivered examples / task size.
+        """
+        phase_total = sum(self._phase_examples) or 1
+        return {
+            name: {
+                "target_rate": self._rates[name],
+                "realized_rate": self._phase_examples[k] / phase_total,
+                "examples": self._examples[k],
+                "tokens": self._tokens[k],
+                "epochs": self._examples[k] / max(self._data[k].n, 1),
+            }
+            for k, name in enumerate(self.tasks)
+        }

@@ -1,0 +1,271 @@
+"""The data pipeline on real slices of the shipped Tatoeba pairs.
+
+.venv/bin/python -m pytest -q tests/test_data.py
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import unicodedata
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ray_mtl.config import DataConfig, TaskSpec
+from ray_mtl.data import BOS, EOS, PAD, UNK, Prepared, load_prepared, prepare, table
+from ray_mtl.data.corpus import normalise, read_pairs
+from ray_mtl.data.download import fetch, fetch_tatoeba, sha256_file
+from ray_mtl.data.prepared import SPLITS
+from ray_mtl.data.tokenizer import balanced_sample
+from ray_mtl.errors import UserError
+from ray_mtl.prepare import main
+
+TASKS = ["eng-fra", "eng-ron", "eng-ind"]
+
+
+def small_cfg(shared_data: Path, out: Path, **kw) -> DataConfig:
+    kw = (
+        dict(
+            tasks=TASKS,
+            data_dir=str(shared_data),
+            out_dir=str(out),
+            max_pairs=3000,
+            vocab_size=800,
+            tokenizer_sample=20_000,
+        )
+        | kw
+    )
+    return DataConfig(**kw)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("prep")
+
+
+@pytest.fixture(scope="module")
+def data(shared_data, out) -> Prepared:
+    return prepare(small_cfg(shared_data, out), verbose=False)
+
+
+def texts(data: Prepared, task: str, split: str) -> tuple[set[str], set[str]]:
+    t = data.shard(task, split)
+    return set(t.column("src_text").to_pylist()), set(t.column("tgt_text").to_pylist())
+
+
+def test_no_overlap_between_splits(data):
+    for task in TASKS:
+        train_src, train_tgt = texts(data, task, "train")
+        dev_src, dev_tgt = texts(data, task, "dev")
+        test_src, test_tgt = texts(data, task, "test")
+        assert train_src and dev_src and test_src
+        assert not train_src & (dev_src | test_src), task
+        assert not train_tgt & (dev_tgt | test_tgt), task
+        assert not dev_src & test_src and not dev_tgt & test_tgt, task
+        assert all(normalise(s) == s for s in train_src | train_tgt)
+
+
+def test_manifest_counts_add_up(data):
+    m = data.manifest
+    assert data.tasks == TASKS
+    for task in TASKS:
+        c = m["tasks"][task]["counts"]
+        parts = sum(c["invalid"].values()) + sum(
+            c[k] for k in ("duplicate", "decontaminated", "too_long", "train", "dev", "test")
+        )
+        assert c["raw"] == parts == 6000, (task, c)
+        files = m["tasks"][task]["files"]
+        assert sum(f["lines"] for fs in files.values() for f in fs) == c["raw"]
+        assert all(f["sha256"] == sha256_file(f["path"]) for fs in files.values() for f in fs)
+        for split in SPLITS:
+            assert data.shard(task, split).num_rows == c[split]
+        assert data.size(task) == c["train"]
+        assert c["decontaminated"] > 0  # Tatoeba train and test overlap (see data README)
+    assert m["tokenizer"]["hash"] and len(data.manifest_hash) == 64
+    again = load_prepared(data.root)
+    assert again.manifest_hash == data.manifest_hash and again.tasks == TASKS
+    text = table(data)
+    assert all(t in text for t in TASKS) and "decontaminated" in text
+
+
+def test_shards_and_tokenizer_round_trip(data):
+    sp = data.tokenizer()
+    assert data.tokenizer() is sp
+    assert [sp.id_to_piece(i) for i in (PAD, UNK, BOS, EOS)] == ["<pad>", "<unk>", "<s>", "</s>"]
+    assert data.vocab_size == sp.get_piece_size() == 800
+    for task in TASKS:
+        t = data.shard(task, "dev")
+        assert t.schema.field("src").type == pa.list_(pa.int32())
+        assert t.schema.field("tgt").type == pa.list_(pa.int32())
+        tag = data.lang_tag_id(task)
+        assert sp.id_to_piece(tag) == f"<2{task[4:]}>"
+        src, tgt = t.column("src").to_pylist(), t.column("tgt").to_pylist()
+        assert all(s[0] == tag and s[-1] == EOS and len(s) <= 128 for s in src)
+        assert all(x[-1] == EOS and tag not in x for x in tgt)
+        text = t.column("src_text").to_pylist() + t.column("tgt_text").to_pylist()
+        ok = sum(data.decode(ids) == x for ids, x in zip(src + tgt, text, strict=True))
+        assert ok >= 0.98 * 2 * t.num_rows, (task, ok, t.num_rows)
+    assert data.decode([BOS, tag, 20, 21, EOS, 22, PAD]) == sp.decode([20, 21])
+
+
+def test_cached_rerun_rebuilds_nothing(data, shared_data, out, capsys):
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = prepare(small_cfg(shared_data, out))
+    assert again.root == data.root and again.built == []
+    assert "nothing to rebuild" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_change_rebuilds_only_what_it_affects(data, shared_data, out, tmp_path):
+    longer = prepare(small_cfg(shared_data, out, max_len=64), verbose=False)
+    assert sorted(longer.built) == [f"encode:{t}" for t in sorted(TASKS)]
+    assert longer.manifest["tokenizer"]["hash"] == data.manifest["tokenizer"]["hash"]
+
+    # eng-ind with a smaller test file: only its splits, the tokenizer and the shards change.
+    test = tmp_path / "ind-test.tsv"
+    with gzip.open(shared_data / "tatoeba/test/eng-ind.tsv.gz", "rt") as f:
+        test.write_text("".join(f.readlines()[:500]))
+    ind = TaskSpec(
+        "eng-ind", "eng", "ind", [str(shared_data / "tatoeba/train/eng-ind.tsv.gz")], [str(test)]
+    )
+    changed = prepare(small_cfg(shared_data, out, custom_tasks=[ind]), verbose=False)
+    assert "clean:eng-ind" in changed.built and "tokenizer" in changed.built
+    assert not {"clean:eng-fra", "clean:eng-ron"} & set(changed.built)
+    assert (
+        changed.root != data.root and changed.manifest["tasks"]["eng-ind"]["counts"]["test"] <= 500
+    )
+    assert load_prepared(data.root).manifest_hash == data.manifest_hash  # the old one is intact
+
+
+def test_load_prepared_refuses_missing_or_corrupt(data, tmp_path):
+    with pytest.raises(UserError, match=r"manifest\.json not found"):
+        load_prepared(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(data.root, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["tasks"]["eng-ron"]["counts"]["train"] += 1
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="corrupt"):
+        load_prepared(copy)
+    with pytest.raises(UserError, match="split"):
+        data.shard("eng-ron", "valid")
+
+
+def test_custom_parquet_task_through_cli(shared_data, tmp_path, capsys):
+    def parquet(src: Path, n: int, dest: Path) -> str:
+        pairs, _ = read_pairs(src, max_lines=n)
+        pq.write_table(pa.table({"en": [s for s, _ in pairs], "ro": [t for _, t in pairs]}), dest)
+        return str(dest)
+
+    cfg = {
+        "tasks": ["ron-custom"],
+        "vocab_size": 300,
+        "custom_tasks": [
+            {
+                "name": "ron-custom",
+                "src_lang": "eng",
+                "tgt_lang": "ron",
+                "src_column": "en",
+                "tgt_column": "ro",
+                "train": [
+                    parquet(
+                        shared_data / "tatoeba/train/eng-ron.tsv.gz",
+                        2000,
+                        tmp_path / "train.parquet",
+                    )
+                ],
+                "test": [
+                    parquet(
+                        shared_data / "tatoeba/test/eng-ron.tsv.gz", 300, tmp_path / "test.parquet"
+                    )
+                ],
+            }
+        ],
+    }
+    (tmp_path / "data.yaml").write_text(json.dumps(cfg))  # JSON is YAML
+    rc = main(["--config", str(tmp_path / "data.yaml"), "--out-dir", str(tmp_path / "out"), "-q"])
+    stdout = capsys.readouterr().out
+    assert rc == 0 and "ron-custom" in stdout and "prepared: " in stdout
+    root = Path(stdout.split("prepared: ")[1].split()[0])
+    assert load_prepared(root).size("ron-custom") > 1000
+
+
+def test_read_pairs_validates_and_normalises(tmp_path):
+    f = tmp_path / "mixed.tsv"
+    f.write_bytes(
+        "Caf\u0065\u0301  ok.\tCafé\u00a0 ok. \n".encode()
+        + b"one column\n"
+        + b"a\tb\tc\n"
+        + b"\xff\xfe\tx\n"
+        + b" \tempty source\n"
+        + b"fine\tbine\r\n"
+    )
+    pairs, stats = read_pairs(f)
+    assert pairs == [("Café ok.", "Café ok."), ("fine", "bine")]
+    assert unicodedata.is_normalized("NFC", pairs[0][0])
+    assert stats.lines == 6 and dict(stats.invalid) == {"columns": 2, "utf8": 1, "empty": 1}
+    with pytest.raises(UserError, match=r"mixed.tsv:2: expected 2 tab-separated columns"):
+        read_pairs(f, strict=True)
+    assert read_pairs(f, max_lines=1)[1].lines == 1
+
+
+def test_balanced_sample_favours_low_resource():
+    by_lang = {"fra": [f"f{i}" for i in range(10_000)], "ron": [f"r{i}" for i in range(500)]}
+    sample, taken = balanced_sample(by_lang, size=2000, temperature=5, seed=0)
+    assert len(set(sample)) == len(sample) == sum(taken.values())
+    assert taken["ron"] / len(sample) > 2 * 500 / 10_500  # more than its proportional share
+
+
+def test_download_from_file_url_with_checksums(shared_data, tmp_path):
+    # A manythings-style zip (english, target, attribution) and a Tatoeba-Challenge test file,
+    # both made from real shipped lines, served by file:// URLs.
+    with gzip.open(shared_data / "tatoeba/train/eng-ron.tsv.gz", "rt") as f:
+        train = f.readlines()[:200]
+    with gzip.open(shared_data / "tatoeba/test/eng-ron.tsv.gz", "rt") as f:
+        test = f.readlines()[:50]
+    web = tmp_path / "web"
+    (web / "test" / "eng-ron").mkdir(parents=True)
+    with zipfile.ZipFile(web / "ron-eng.zip", "w") as z:
+        z.writestr(
+            "ron.txt", "".join(line.rstrip("\n") + "\tCC-BY 2.0 (France)\n" for line in train)
+        )
+    (web / "test" / "eng-ron" / "test.txt").write_text("".join(f"eng\tron\t{x}" for x in test))
+
+    root = tmp_path / "data"
+    fetch_tatoeba("ron", root, base=web.as_uri(), test_base=(web / "test").as_uri())
+    got, _ = read_pairs(root / "tatoeba/train/eng-ron.tsv.gz")
+    assert got == read_pairs(shared_data / "tatoeba/train/eng-ron.tsv.gz", max_lines=200)[0]
+    got, _ = read_pairs(root / "tatoeba/test/eng-ron.tsv.gz")
+    assert got == read_pairs(shared_data / "tatoeba/test/eng-ron.tsv.gz", max_lines=50)[0]
+    recorded = json.loads((root / "checksums.json").read_text())
+    url = (web / "ron-eng.zip").as_uri()
+    assert recorded[url] == sha256_file(web / "ron-eng.zip")
+
+    # The recorded checksum now guards the URL: changed bytes are refused, nothing is left.
+    (web / "ron-eng.zip").write_bytes(b"tampered")
+    with pytest.raises(UserError, match="checksum mismatch"):
+        fetch(url, tmp_path / "dl" / "x.zip", record=root / "checksums.json")
+    with pytest.raises(UserError, match="checksum mismatch"):
+        fetch(url, tmp_path / "dl" / "x.zip", sha256="0" * 64)
+    assert list((tmp_path / "dl").iterdir()) == []
+    ok = fetch(url, tmp_path / "dl" / "x.zip", sha256=sha256_file(web / "ron-eng.zip"))
+    assert ok.read_bytes() == b"tampered"
+
+
+def test_data_dir_resolution_order(shared_data, tmp_path, monkeypatch):
+    from ray_mtl.data.catalog import data_dir
+
+    monkeypatch.delenv("RAY_MTL_DATA", raising=False)
+    monkeypatch.setenv("RAY_MTL_CACHE", str(tmp_path / "cache"))
+    assert data_dir(DataConfig()) == (shared_data, False)  # ../shared/data of the project
+    monkeypatch.setenv("RAY_MTL_DATA", str(tmp_path))
+    assert data_dir(DataConfig()) == (tmp_path, False)
+    assert data_dir(DataConfig(data_dir=str(shared_data))) == (shared_data, False)
+    monkeypatch.setenv("RAY_MTL_DATA", str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="data dir not found"):
+        data_dir(DataConfig())
