@@ -1,0 +1,168 @@
+"""The report and the notebook on a small hand-made sweep (two methods, shared segments).
+
+.venv/bin/python -m pytest -q tests/test_report.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from test_frontier import write_sweep
+
+from ray_mtl.report import FIGURES, main
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_EVERY, BUDGET = 10, 80
+
+
+def simulate(rate_low: list[float], seed: int) -> dict[int, dict[str, float]]:
+    """Toy dynamics per eval step: the high task learns with exposure, the low task learns with
+    exposure plus transfer from the high task and overfits once it has seen its data many times."""
+    e_high = e_low = 0.0
+    out = {}
+    for step in range(BUDGET + 1):
+        if step % EVAL_EVERY == 0:
+            noise = 0.03 * math.sin(7 * step + 3 * seed + 11 * rate_low[min(step, BUDGET - 1)])
+            ce_high = 2.0 + 3.0 * math.exp(-e_high / 30) + noise
+            overfit = 0.003 * max(0.0, e_low - 20) ** 2
+            ce_low = 2.6 + 3.0 * math.exp(-(e_low + 0.3 * e_high) / 15) + overfit + noise
+            out[step] = {
+                "ce_high": ce_high,
+                "ce_low": ce_low,
+                "epochs_high": e_high / 60,
+                "epochs_low": e_low / 6,
+                "share_low": e_low / max(e_high + e_low, 1e-9),
+                "rate": rate_low[min(step, BUDGET - 1)],
+            }
+        if step < BUDGET:
+            e_high, e_low = e_high + 1 - rate_low[step], e_low + rate_low[step]
+    return out
+
+
+def rows_of(segment: str, sim: dict, steps: range) -> list[tuple]:
+    rows = []
+    for s in steps:
+        v = sim[s]
+        for task, ce, ep, share, rate in [
+            ("eng-fra", v["ce_high"], v["epochs_high"], 1 - v["share_low"], 1 - v["rate"]),
+            ("eng-ron", v["ce_low"], v["epochs_low"], v["share_low"], v["rate"]),
+        ]:
+            rows += [
+                (segment, s, task, "dev", "ce", ce),
+                (segment, s, task, "dev", "chrf", 100 - 12 * ce),
+                (segment, s, task, "dev", "bleu", 60 - 10 * ce),
+                (segment, s, task, "train", "loss", ce - 0.3),
+                (segment, s, task, "train", "rate_target", rate),
+                (segment, s, task, "train", "rate_realized", share),
+                (segment, s, task, "train", "epochs", ep),
+            ]
+        rows.append((segment, s, "*", "train", "lr", 1e-3))
+    return rows
+
+
+def piece(segment, a, b):
+    return {"segment": segment, "from_step": a, "to_step": b}
+
+
+def make_sweep(path: Path) -> Path:
+    """Two-phase (L x w x seed, one trunk per seed, one trial still running) and scalarization."""
+    rows, trials, steps = [], [], range(0, BUDGET + 1, EVAL_EVERY)
+    for seed in (0, 1):
+        trunk = f"pt-s{seed}"
+        rows += rows_of(trunk, simulate([0.0] * BUDGET, seed), range(0, 41, EVAL_EVERY))
+        for L in (20, 40):
+            for w in (0.3, 0.6):
+                seg = f"ft-L{L}-w{w}-s{seed}"
+                running = seed == 1 and L == 40 and w == 0.6
+                sim = simulate([0.0] * L + [w] * (BUDGET - L), seed)
+                rows += rows_of(seg, sim, range(L, 61 if running else BUDGET + 1, EVAL_EVERY))
+                trials.append({
+                    "trial": f"tp-L{L}-w{w}-s{seed}", "method": "two_phase", "L": L,
+                    "F": BUDGET - L, "w": w, "seed": seed, "final_step": BUDGET,
+                    "status": "running" if running else "finished",
+                    "lineage": [piece(trunk, 0, L), piece(seg, L, BUDGET)],
+                })  # fmt: skip
+        for w in (0.1, 0.3, 0.6):
+            seg = f"sc-w{w}-s{seed}"
+            rows += rows_of(seg, simulate([w] * BUDGET, seed), steps)
+            trials.append({
+                "trial": f"sc-w{w}-s{seed}", "method": "scalarization", "F": BUDGET, "w": w,
+                "seed": seed, "final_step": BUDGET, "lineage": [piece(seg, 0, BUDGET)],
+            })  # fmt: skip
+    return write_sweep(path, rows, trials, name="toy-sweep")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    return make_sweep(tmp_path_factory.mktemp("report") / "toy-sweep")
+
+
+def test_report_writes_figures_and_html(sweep, capsys):
+    assert main([str(sweep)]) == 0
+    index = Path(capsys.readouterr().out.strip())
+    assert index == sweep / "report" / "index.html"
+    page = index.read_text()
+    for name in FIGURES:
+        png = sweep / "report" / f"{name}.png"
+        assert png.stat().st_size > 10_000, name
+        assert f'href="{name}.png"' in page and f'alt="{name}.png"' in page
+    assert page.count("data:image/png;base64,") == len(FIGURES)
+    assert "partial: 13 of 14 trials finished" in page
+    assert "front weakly dominates" in page and "tp-L" in page
+    fr = json.loads((sweep / "report" / "frontier.json").read_text())
+    assert set(fr["methods"]) == {"two_phase", "scalarization"}
+
+
+def test_report_options(sweep, tmp_path):
+    out = tmp_path / "r"
+    args = [str(sweep), "--out", str(out), "--at", "final", "--axes", "eng-fra/chrf", "eng-ron/ce"]
+    assert main(args) == 0
+    fr = json.loads((out / "frontier.json").read_text())
+    assert fr["at"] == "final" and fr["axes"] == ["eng-fra/chrf", "eng-ron/ce"]
+    assert fr["senses"] == [1, -1]
+    assert main([str(sweep), "--out", str(out), "--axes", "eng-ron"]) == 2
+
+
+def test_bad_inputs_exit_nonzero(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "missing: sweep dir not found" in capsys.readouterr().err
+    old = make_sweep(tmp_path / "old")
+    (old / "results.json").write_text('{"schema": 0}')
+    assert main([str(old)]) == 2
+    assert "written by schema 0, this ray_mtl reads schema 1" in capsys.readouterr().err
+    empty = write_sweep(tmp_path / "empty", [], [])
+    assert main([str(empty)]) == 2
+    assert "no trials" in capsys.readouterr().err
+    # As a command: one line on stderr, exit 2, no traceback.
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_mtl.report", str(old)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_notebook_runs(sweep, monkeypatch):
+    monkeypatch.setenv("RAY_MTL_SWEEP", str(sweep))
+    # The kernel imports ray_mtl from this checkout even where it is not pip-installed.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    nb = nbformat.read(ROOT / "notebooks" / "frontier_report.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    client = NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    client.execute()
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "image/png" in o.get("data", {})
+    ]
+    assert len(images) >= len(FIGURES)
