@@ -113,7 +113,7 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
     Returns the last metrics reported.
     """
     torch.manual_seed(cfg.seed)
-    prepared = data_lib.prepare(cfg.data, verbose=worker.is_main)
+    prepared = data_lib.prepare(cfg.data, verbose=False)
     tasks = prepared.tasks
     vocab = prepared.vocab_size
     on_gpu = worker.device.type == "cuda"
@@ -203,7 +203,9 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
             group["lr"] = lr
 
         batch = sampler.next_batch()
-        src, tgt_in, tgt_out = (x.to(worker.device, non_blocking=True) for x in batch[:3])
+        src, tgt_in, tgt_out = (
+            x.to(worker.device, non_blocking=True) for x in (batch.src, batch.tgt_in, batch.tgt_out)
+        )
         task_ids = batch.task_ids.to(worker.device)
         # Normalise by the tokens of the whole global batch so that N workers take exactly the
         # step that one worker would take on the same examples (DDP averages over ranks).

@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results = frontier.load_results(sweep_uri)
         frontier.write_frontier(results, sweep_uri)
-        print(f"report: {report.write_report(sweep_uri)}")
+        print(f"report: {report.build_report(sweep_uri)}")
     return 0
 
 

@@ -1,0 +1,130 @@
+"""Per-task evaluation on a real SentencePiece model, real Tatoeba pairs and real sacrebleu.
+
+.venv/bin/python -m pytest -q tests/test_evaluate.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import sacrebleu
+import torch
+from test_model import (
+    decoder,
+    make_table,
+    memorise,
+    random_model,
+    read_pairs,
+    train_sentencepiece,
+)
+
+from ray_mtl.evaluate import batches_from_table, bleu_chrf, cross_entropy, evaluate_task
+from ray_mtl.model import BOS, PAD
+
+
+@pytest.fixture(autouse=True, scope="module")
+def few_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pairs(shared_data):
+    return read_pairs(shared_data)
+
+
+@pytest.fixture(scope="module")
+def sp(pairs):
+    return train_sentencepiece(pairs)
+
+
+@pytest.fixture(scope="module")
+def table(pairs, sp):
+    return make_table(pairs[:300], sp)
+
+
+@pytest.fixture(scope="module")
+def overfit(pairs, sp):
+    return memorise(pairs, sp)
+
+
+def test_batches_from_table(table):
+    batches = batches_from_table(table, max_pairs=200, batch_tokens=256)
+    again = batches_from_table(table, max_pairs=200, batch_tokens=256)
+    assert all(
+        torch.equal(x, y)
+        for a, b in zip(batches, again, strict=True)
+        for x, y in zip(a, b, strict=True)
+    )
+    assert len(batches) > 1
+    src_rows = table.column("src").to_pylist()[:200]
+    tgt_rows = table.column("tgt").to_pylist()[:200]
+    seen = []
+    for src, tgt_in, tgt_out in batches:
+        assert src.dtype == tgt_in.dtype == tgt_out.dtype == torch.long
+        assert tgt_in.shape == tgt_out.shape and src.size(0) == tgt_in.size(0)
+        assert src.numel() + tgt_in.numel() <= 256 or src.size(0) == 1
+        assert (tgt_in[:, 0] == BOS).all()
+        for s, ti, to in zip(src.tolist(), tgt_in.tolist(), tgt_out.tolist(), strict=True):
+            s = s[: len(s) - s[::-1].index(next(x for x in s[::-1] if x != PAD))]
+            n = sum(x != PAD for x in to)
+            assert to[n:] == [PAD] * (len(to) - n) and ti[1:n] == to[: n - 1]
+            seen.append((s, to[:n]))
+    assert sorted(seen) == sorted(zip(src_rows, tgt_rows, strict=True))
+    lengths = [(b[0].size(1), b[2].size(1)) for b in batches]
+    assert [s for s, _ in lengths] == sorted(s for s, _ in lengths)  # length-sorted
+    assert len(batches_from_table(table, max_pairs=5, batch_tokens=10_000)) == 1
+
+
+def test_cross_entropy_is_the_token_mean(sp, table):
+    model = random_model(sp)
+    model.train()
+    batches = batches_from_table(table, max_pairs=40, batch_tokens=300)
+    got = cross_entropy(model, batches, torch.device("cpu"))
+    assert model.training  # evaluation gives the model back in its mode
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for src, tgt in zip(
+            table.column("src").to_pylist()[:40], table.column("tgt").to_pylist()[:40], strict=True
+        ):
+            logp = model(torch.tensor([src]), torch.tensor([[BOS, *tgt[:-1]]]))[0].log_softmax(-1)
+            total -= sum(logp[i, t].item() for i, t in enumerate(tgt))
+            count += len(tgt)
+    assert got == pytest.approx(total / count, rel=1e-5)
+
+
+def test_bleu_chrf_matches_sacrebleu():
+    hyps = ["Tom este acasă.", "Mi-e foame acum.", "Am o pisică neagră."]
+    refs = ["Tom e acasă.", "Mi-e foame.", "Am o pisică neagră."]
+    got = bleu_chrf(hyps, refs)
+    assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert 0 < got["bleu"] < 100 and 0 < got["chrf"] < 100
+    assert "tok:13a" in got["bleu_signature"] and "nrefs:1" in got["bleu_signature"]
+    assert got["chrf_signature"].startswith("nrefs:1|")
+    assert bleu_chrf(refs, refs)["bleu"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="2 hypotheses but 3 references"):
+        bleu_chrf(hyps[:2], refs)
+
+
+def test_evaluate_task_on_a_memorised_set(overfit, sp):
+    model, tbl, _ = overfit
+    kw = dict(eval_pairs=32, batch_tokens=96, device=torch.device("cpu"))
+    result = evaluate_task(model, tbl, decoder(sp), bleu_pairs=32, beam_size=1, **kw)
+    assert set(result) == {"ce", "bleu", "chrf", "bleu_signature", "chrf_signature"}
+    # hypotheses are decoded in length order but scored against their own references
+    assert result["bleu"] > 90 and result["chrf"] > 90
+    assert result["ce"] < 0.2
+    assert result["ce"] == pytest.approx(
+        cross_entropy(model, batches_from_table(tbl, 32, 96), torch.device("cpu")), rel=1e-6
+    )
+
+    beam = evaluate_task(model, tbl, decoder(sp), bleu_pairs=32, beam_size=3, **kw)
+    assert beam["bleu"] > 90 and beam["ce"] == result["ce"]
+
+    assert evaluate_task(model, tbl, decoder(sp), bleu_pairs=0, beam_size=1, **kw) == {
+        "ce": result["ce"]
+    }
