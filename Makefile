@@ -17,8 +17,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The smoke sweep on an embedded local Ray, then the frontier report (its path is printed last).
 run: install
-	$(BIN)/python -m ray_mtl.prepare --tasks eng-fra,eng-ron
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m ray_mtl.tune --space $(SPACE)
 
 test: install
 	$(BIN)/python -m pytest -q tests
@@ -31,6 +32,8 @@ format: install
 
 bench: install
 	$(BIN)/python bench/prepare.py
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/tree_vs_naive.py
 
 clean:
 	rm -rf $(VENV) runs results bench/out

@@ -1,9 +1,9 @@
 """Pareto frontiers of a sweep: per-trial points, non-dominated sets, hypervolume, dominance.
 
-    res = load_results("runs/smoke/smoke")            # metrics.parquet + trials.parquet
+    res = load_results("runs/smoke")            # metrics.parquet + trials.parquet
     pts = trial_points(res, at="best")                # one row per trial, one column per axis
     fr = frontier(res)                                # per method: front, hypervolume; dominance
-    write_frontier(res, "runs/smoke/smoke")           # frontier.json + frontier.parquet
+    write_frontier(res, "runs/smoke")           # frontier.json + frontier.parquet
 
 Pure functions over pandas/numpy (no Ray, no torch), so every view is tested in milliseconds.
 An axis is ``(task, metric)``, written ``"task/metric"`` in columns and JSON; the task ``high`` or

@@ -235,3 +235,35 @@ def describe(p: Plan) -> str:
         f"steps vs {p.naive_steps:,} for the naive grid ({ratio:.2f}x fewer)"
     )
     return "\n".join(lines)
+
+
+def naive(space: SpaceConfig) -> Plan:
+    """The same trials with no sharing: every trial is its own trunk, run from scratch.
+
+    The baseline that ``bench/tree_vs_naive.py`` measures the tree against; the trials (ids,
+    methods, steps) are the tree's, so the two frontiers can be compared point by point.
+    """
+    tree = plan(space)
+    segments: dict[str, Segment] = {}
+    trials = []
+    for t in tree.trials:
+        phases = []
+        for piece in t.lineage:
+            seg = tree.segments[piece.segment]
+            phases += _phases_between(seg, piece.from_step, piece.to_step)
+        seg = Segment(id=f"naive-{t.id}", phases=phases, seed=t.seed)
+        segments[seg.id] = seg
+        lineage = [Piece(seg.id, 0, t.final_step)]
+        trials.append(dataclasses.replace(t, lineage=lineage))
+    return Plan(segments, trials)
+
+
+def _phases_between(seg: Segment, start: int, stop: int) -> list[PhaseConfig]:
+    """The phases ``seg`` runs over global steps ``start..stop``, cut to that range."""
+    out, at = [], seg.start_step
+    for ph in seg.phases:
+        lo, hi = max(at, start), min(at + ph.steps, stop)
+        if lo < hi:
+            out.append(dataclasses.replace(ph, steps=hi - lo, reset=ph.reset and lo == at))
+        at += ph.steps
+    return out

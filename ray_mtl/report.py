@@ -1,6 +1,6 @@
 """The frontier report of a sweep: PNG figures and one self-contained HTML page.
 
-    python -m ray_mtl.report runs/smoke/smoke       # -> runs/smoke/smoke/report/index.html
+    python -m ray_mtl.report runs/smoke       # -> runs/smoke/report/index.html
     python -m ray_mtl.report DIR --out /tmp/r --at final --axes eng-fra/ce eng-ron/ce
 
 Each ``plot_*`` function returns a matplotlib ``Figure`` (no pyplot, so no global state; the

@@ -28,7 +28,7 @@ import yaml
 import ray_mtl
 from ray_mtl.config import SpaceConfig, TrainConfig, from_dict, load, to_dict
 from ray_mtl.errors import UserError, cli
-from ray_mtl.plan import Plan, Segment, describe, plan
+from ray_mtl.plan import Plan, Segment, describe, naive, plan
 from ray_mtl.storage import ensure_writable_dir, filesystem
 
 SCHEMA = 1
@@ -147,6 +147,10 @@ def _searcher_class():
                 self.__dict__.update(pickle.load(f))
 
     return TreeSearcher
+
+
+def _segment_name(trial) -> str:
+    return trial.config["segment"]
 
 
 def run_segment(config: dict[str, Any]) -> None:
@@ -283,16 +287,20 @@ def sweep_uri_of(space: SpaceConfig) -> str:
 
 
 def _connect_ray(dashboard: bool) -> None:
+    # Tune's compact table (segment, step, lr, tokens/s) rather than every reported metric.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
 
     if ray.is_initialized():
         return
     # RAY_ADDRESS (set by `ray job submit`) joins the cluster; otherwise an embedded local Ray,
     # its dashboard (if any) on localhost only.
+    # Workers' own logs stay in Ray's session dir: the console shows Tune's table and the tree.
     ray.init(
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         configure_logging=False,
+        log_to_driver=False,
     )
 
 
@@ -315,13 +323,18 @@ def max_concurrent(space: SpaceConfig) -> int:
     return fits
 
 
-def run_sweep(space: SpaceConfig, *, resume: bool = False, dashboard: bool = False) -> str:
-    """Run (or resume) the sweep of ``space``; returns its results URI."""
+def run_sweep(
+    space: SpaceConfig, *, resume: bool = False, dashboard: bool = False, no_sharing: bool = False
+) -> str:
+    """Run (or resume) the sweep of ``space``; returns its results URI.
+
+    ``no_sharing`` runs every trial from scratch (the naive grid), for benchmarks.
+    """
     from ray import tune
 
     from ray_mtl.train import validate
 
-    tree = plan(space)
+    tree = naive(space) if no_sharing else plan(space)
     sweep_uri = sweep_uri_of(space)
     prepared = validate(segment_config(space, next(iter(tree.segments.values())), sweep_uri))
     _write_text(f"{sweep_uri}/space.yaml", yaml.safe_dump(to_dict(space), sort_keys=False))
@@ -345,12 +358,11 @@ def run_sweep(space: SpaceConfig, *, resume: bool = False, dashboard: bool = Fal
         for s in tree.segments.values()
     }
     trainable = tune.with_resources(run_segment, {"CPU": 0.01})
-    fs = None
-    storage = str(Path(sweep_uri).parent) if "://" not in sweep_uri else space.storage
-    if "://" in storage:
-        fs, storage = filesystem(storage)
+    fs, tune_dir = filesystem(sweep_uri) if "://" in sweep_uri else (None, sweep_uri)
     if resume:
-        tuner = tune.Tuner.restore(sweep_uri, trainable, resume_errored=True, storage_filesystem=fs)
+        tuner = tune.Tuner.restore(
+            f"{sweep_uri}/tune", trainable, resume_errored=True, storage_filesystem=fs
+        )
     else:
         tuner = tune.Tuner(
             trainable,
@@ -358,12 +370,19 @@ def run_sweep(space: SpaceConfig, *, resume: bool = False, dashboard: bool = Fal
                 search_alg=_searcher_class()(segments, scheme),
                 num_samples=-1,
                 max_concurrent_trials=max_concurrent(space),
+                trial_name_creator=_segment_name,
+                trial_dirname_creator=_segment_name,
             ),
             run_config=tune.RunConfig(
-                name=space.name,
-                storage_path=storage,
+                name="tune",
+                storage_path=tune_dir,
                 storage_filesystem=fs,
                 callbacks=[_tree_progress_callback(tree)],
+                progress_reporter=tune.CLIReporter(
+                    metric_columns=["step", "lr", "tokens_per_s"],
+                    parameter_columns=["segment"],
+                    max_report_frequency=30,
+                ),
                 verbose=1,
             ),
         )

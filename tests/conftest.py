@@ -45,7 +45,7 @@ def ray_session(ray_tmpdir):
     import ray
 
     ray.init(
-        num_cpus=4,
+        num_cpus=2,  # as CI: every test must fit 2 CPUs
         object_store_memory=200 * 1024 * 1024,
         include_dashboard=False,
         _temp_dir=ray_tmpdir,

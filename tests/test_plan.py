@@ -136,3 +136,20 @@ def test_bad_space_files_exit_nonzero(tmp_path):
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith(f"error: {tmp_path / name}") and "Traceback" not in r.stderr
         assert "pwned" not in r.stdout
+
+
+def test_naive_grid_runs_every_trial_from_scratch():
+    from ray_mtl.plan import naive
+
+    space = load(SpaceConfig, ROOT / "tune_spaces" / "smoke.yaml")
+    tree, flat = plan(space), naive(space)
+    assert [t.id for t in flat.trials] == [t.id for t in tree.trials]
+    assert flat.tree_steps == flat.naive_steps == tree.naive_steps
+    assert all(s.parent is None for s in flat.segments.values())
+    two = flat.segments["naive-tp-L100-w0.3-s0"]
+    assert [(p.name, p.steps, p.reset) for p in two.phases] == [
+        ("pretrain", 100, False),
+        ("finetune", 100, True),
+    ]
+    sc = flat.segments["naive-sc-L200-w0.5-s0"]
+    assert [(p.name, p.steps) for p in sc.phases] == [("static", 300)]
