@@ -133,9 +133,19 @@ def plan(space: SpaceConfig) -> Plan:
     def static(rule: dict[str, Any]) -> list[PhaseConfig]:
         return [PhaseConfig(steps=top + F, mixture=MixtureConfig(**rule), name="static")]
 
-    def finetune(w: float) -> list[PhaseConfig]:
+    def branch(method: str, prefix: str, trunk: Segment, L: int, w: float, seed: int) -> None:
+        """A fine-tuning branch from ``trunk`` at L (reset, then F steps at rate w) and its trial."""
         mix = MixtureConfig(rule="explicit", rates=group_rates(tasks.high, tasks.low, w))
-        return [PhaseConfig(steps=F, mixture=mix, reset=True, name="finetune")]
+        b = Segment(
+            id=f"{prefix}-L{L}-w{_fmt(w)}-s{seed}",
+            phases=[PhaseConfig(steps=F, mixture=mix, reset=True, name="finetune")],
+            seed=seed,
+            parent=trunk.id,
+            start_step=L,
+        )
+        segments[b.id] = b
+        lineage = [Piece(trunk.id, 0, L), Piece(b.id, L, L + F)]
+        trials.append(Trial(b.id, method, L, F, seed, lineage, w=w))
 
     for seed in g.seeds:
         if "two_phase" in space.methods:
@@ -147,16 +157,7 @@ def plan(space: SpaceConfig) -> Plan:
             segments[trunk.id] = trunk
             for L in Ls:
                 for w in g.low_rates:
-                    b = Segment(
-                        id=f"tp-L{L}-w{_fmt(w)}-s{seed}",
-                        phases=finetune(w),
-                        seed=seed,
-                        parent=trunk.id,
-                        start_step=L,
-                    )
-                    segments[b.id] = b
-                    lineage = [Piece(trunk.id, 0, L), Piece(b.id, L, L + F)]
-                    trials.append(Trial(b.id, "two_phase", L, F, seed, lineage, w=w))
+                    branch("two_phase", "tp", trunk, L, w, seed)
 
         if {"scalarization", "restart"} & set(space.methods):
             for w in g.low_rates:
@@ -175,16 +176,7 @@ def plan(space: SpaceConfig) -> Plan:
                         tid = f"sc-L{L}-w{_fmt(w)}-s{seed}"
                         trials.append(Trial(tid, "scalarization", L, F, seed, lineage, w=w))
                     if "restart" in space.methods:
-                        b = Segment(
-                            id=f"rs-L{L}-w{_fmt(w)}-s{seed}",
-                            phases=finetune(w),
-                            seed=seed,
-                            parent=trunk.id,
-                            start_step=L,
-                        )
-                        segments[b.id] = b
-                        lineage = [Piece(trunk.id, 0, L), Piece(b.id, L, L + F)]
-                        trials.append(Trial(b.id, "restart", L, F, seed, lineage, w=w))
+                        branch("restart", "rs", trunk, L, w, seed)
 
         derived = []
         if "temperature" in space.methods:

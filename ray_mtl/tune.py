@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 import ray_mtl
-from ray_mtl.config import SpaceConfig, TrainConfig, from_dict, load, to_dict
+from ray_mtl.config import SpaceConfig, TrainConfig, check, from_dict, load, to_dict
 from ray_mtl.errors import UserError, cli
 from ray_mtl.plan import Plan, Segment, describe, naive, plan
 from ray_mtl.storage import ensure_writable_dir, filesystem
@@ -268,6 +268,19 @@ def collect_results(space: SpaceConfig, plan_: Plan, sweep_uri: str, manifest_ha
 # --------------------------------------------------------------------------------------------
 
 
+def _read_yaml(uri: str) -> Any:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return yaml.safe_load(f.read().decode("utf-8"))
+    except (FileNotFoundError, OSError):
+        raise UserError(
+            f"{uri}: not found (is this a sweep dir written by ray_mtl.tune?)"
+        ) from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{uri}: invalid YAML ({e})") from None
+
+
 def _write_text(uri: str, text: str) -> None:
     from ray_mtl.storage import atomic_write_text
 
@@ -304,21 +317,26 @@ def _connect_ray(dashboard: bool) -> None:
     )
 
 
-def max_concurrent(space: SpaceConfig) -> int:
-    """Segments that fit the cluster at once (each: its workers plus 0.01 CPU for the trial)."""
+def max_concurrent(space: SpaceConfig) -> int | None:
+    """Segments to run at once: the space's setting, else what the cluster fits now.
+
+    Each segment holds its workers plus 0.01 CPU for the Tune trial that drives it; starting
+    more than fit makes worker groups time out and retry. On GPUs with an autoscaler the cluster
+    may have none yet: then Tune's pending trials are what makes it scale up (None: no cap).
+    """
     import ray
 
     if space.max_concurrent:
         return space.max_concurrent
     res, total = space.resources, ray.cluster_resources()
-    fits = int(total.get("CPU", 1) // (res.num_workers * res.cpus_per_worker + 0.01))
     if res.use_gpu:
-        fits = min(fits, int(total.get("GPU", 0) // res.num_workers))
+        gpus = int(total.get("GPU", 0) // res.num_workers)
+        return gpus or None
+    fits = int(total.get("CPU", 0) // (res.num_workers * res.cpus_per_worker + 0.01))
     if fits < 1:
-        need = "GPUs" if res.use_gpu else "CPUs"
         raise UserError(
-            f"resources: one segment needs {res.num_workers} workers but the cluster has "
-            f"{total.get('GPU' if res.use_gpu else 'CPU', 0)} {need}"
+            f"resources: a segment needs {res.num_workers} x {res.cpus_per_worker} CPUs "
+            f"but the cluster has {total.get('CPU', 0):g}"
         )
     return fits
 
@@ -361,7 +379,7 @@ def run_sweep(
     fs, tune_dir = filesystem(sweep_uri) if "://" in sweep_uri else (None, sweep_uri)
     if resume:
         tuner = tune.Tuner.restore(
-            f"{sweep_uri}/tune", trainable, resume_errored=True, storage_filesystem=fs
+            f"{tune_dir}/tune", trainable, resume_errored=True, storage_filesystem=fs
         )
     else:
         tuner = tune.Tuner(
@@ -403,17 +421,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the segment tree and exit")
     p.add_argument("--resume", metavar="SWEEP_DIR", help="resume the sweep in this dir")
     p.add_argument("--no-report", action="store_true", help="skip the frontier report")
+    p.add_argument("--max-concurrent", type=int, help="segments at once (default: what fits)")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (localhost)")
     args = p.parse_args(argv)
     if bool(args.space) == bool(args.resume):
         raise UserError("give exactly one of --space FILE or --resume SWEEP_DIR")
     if args.resume:
-        space = load(SpaceConfig, Path(args.resume) / "space.yaml")
-        space.storage = str(Path(args.resume).resolve().parent)
+        sweep = args.resume.rstrip("/")
+        space = from_dict(SpaceConfig, _read_yaml(f"{sweep}/space.yaml"), f"{sweep}/space.yaml")
+        space.storage = sweep.rsplit("/", 1)[0] if "/" in sweep else "."
     else:
         space = load(SpaceConfig, args.space)
     if args.storage:
         space.storage = args.storage
+    if args.max_concurrent is not None:
+        check(
+            args.max_concurrent >= 1, "--max-concurrent", "a positive integer", args.max_concurrent
+        )
+        space.max_concurrent = args.max_concurrent
     if args.dry_run:
         print(describe(plan(space)))
         return 0

@@ -54,3 +54,56 @@ def ray_session(ray_tmpdir):
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(ray_session, shared_data, tmp_path_factory) -> Path:
+    """The shipped smoke sweep, run once per session through the real CLI entry point.
+
+    Returns the sweep dir (``<storage>/smoke``) with results, frontier and report.
+    """
+    from ray_mtl.tune import main
+
+    storage = tmp_path_factory.mktemp("sweeps")
+    assert (
+        main(["--space", str(ROOT / "tune_spaces" / "smoke.yaml"), "--storage", str(storage)]) == 0
+    )
+    return storage / "smoke"
+
+
+# Real Tatoeba pairs, a SentencePiece model trained on them, and a tiny model that memorised 32 of
+# them: shared by the model and evaluation tests (built once per session; helpers in test_model).
+
+
+@pytest.fixture(scope="session")
+def pairs(shared_data):
+    from test_model import read_pairs
+
+    return read_pairs(shared_data)
+
+
+@pytest.fixture(scope="session")
+def sp(pairs):
+    from test_model import train_sentencepiece
+
+    return train_sentencepiece(pairs)
+
+
+@pytest.fixture(scope="session")
+def table(pairs, sp):
+    from test_model import make_table
+
+    return make_table(pairs[:300], sp)
+
+
+@pytest.fixture(scope="session")
+def overfit(pairs, sp):
+    import torch
+    from test_model import memorise
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        return memorise(pairs, sp)
+    finally:
+        torch.set_num_threads(threads)

@@ -10,43 +10,11 @@ import sacrebleu
 import torch
 from test_model import (
     decoder,
-    make_table,
-    memorise,
     random_model,
-    read_pairs,
-    train_sentencepiece,
 )
 
 from ray_mtl.evaluate import batches_from_table, bleu_chrf, cross_entropy, evaluate_task
 from ray_mtl.model import BOS, PAD
-
-
-@pytest.fixture(autouse=True, scope="module")
-def few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def pairs(shared_data):
-    return read_pairs(shared_data)
-
-
-@pytest.fixture(scope="module")
-def sp(pairs):
-    return train_sentencepiece(pairs)
-
-
-@pytest.fixture(scope="module")
-def table(pairs, sp):
-    return make_table(pairs[:300], sp)
-
-
-@pytest.fixture(scope="module")
-def overfit(pairs, sp):
-    return memorise(pairs, sp)
 
 
 def test_batches_from_table(table):

@@ -28,14 +28,6 @@ from ray_mtl.model import (
 TAG = "<2ron>"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 def read_pairs(shared_data) -> list[tuple[str, str]]:
     """The first 2000 eng-ron lines, keeping one translation per English sentence."""
     out, seen = [], set()
@@ -131,26 +123,6 @@ def memorise(pairs, sp) -> tuple[Transformer, pa.Table, list[float]]:
     losses = train(model, *tensors(tbl), steps=300)
     model.eval()
     return model, tbl, losses
-
-
-@pytest.fixture(scope="module")
-def pairs(shared_data):
-    return read_pairs(shared_data)
-
-
-@pytest.fixture(scope="module")
-def sp(pairs):
-    return train_sentencepiece(pairs)
-
-
-@pytest.fixture(scope="module")
-def table(pairs, sp):
-    return make_table(pairs[:300], sp)
-
-
-@pytest.fixture(scope="module")
-def overfit(pairs, sp):
-    return memorise(pairs, sp)
 
 
 def random_model(sp, **kw) -> Transformer:
