@@ -134,7 +134,7 @@ def plan(space: SpaceConfig) -> Plan:
         return [PhaseConfig(steps=top + F, mixture=MixtureConfig(**rule), name="static")]
 
     def branch(method: str, prefix: str, trunk: Segment, L: int, w: float, seed: int) -> None:
-        """A fine-tuning branch from ``trunk`` at L (reset, then F steps at rate w) and its trial."""
+        """A branch from ``trunk`` at L (reset, then F steps at rate w) and its trial."""
         mix = MixtureConfig(rule="explicit", rates=group_rates(tasks.high, tasks.low, w))
         b = Segment(
             id=f"{prefix}-L{L}-w{_fmt(w)}-s{seed}",
