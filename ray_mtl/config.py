@@ -452,6 +452,8 @@ class TrainConfig:
     """A fork checkpoint (path or URI) to start from; its step becomes the start step."""
     run_dir: str = "runs/train"
     """Where metrics and checkpoints go (a local dir or a storage URI)."""
+    compile: bool = False
+    """``torch.compile`` the training forward (worth it on GPU; evaluation stays eager)."""
 
     def __post_init__(self) -> None:
         check(len(self.phases) > 0, "phases", "at least one phase", self.phases)

@@ -256,13 +256,16 @@ def plot_rates(results: Results, curves: pd.DataFrame | None = None) -> Figure:
         ax_ep.text(0.5, 0.5, "no epochs recorded", ha="center")
     for i, task in enumerate(tasks):
         e = epochs[epochs["task"] == task]
+        if e.empty:  # an empty column has no numeric dtype to add the offset to
+            continue
         x = e["trial"].map(method).map(methods.index) + (i - (len(tasks) - 1) / 2) * 0.15
         ax_ep.scatter(x, e["value"], color=task_color[task], label=task, alpha=0.7)
     ax_ep.set_xticks(range(len(methods)), methods, rotation=20)
     ax_ep.set_xlabel("method")
     ax_ep.set_ylabel("epochs over the task's training data")
     ax_ep.set_title("epochs per task at the end of each trial")
-    ax_ep.legend(fontsize=8)
+    if not epochs.empty:
+        ax_ep.legend(fontsize=8)
     for ax in (ax_rate, ax_ep):
         ax.grid(alpha=0.3)
     fig.suptitle(f"Sampling: realized vs target rates, epochs\n{title(results)}")

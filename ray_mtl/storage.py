@@ -9,6 +9,7 @@ URIs; ``filesystem(uri)`` returns the pyarrow filesystem and the path inside it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -35,6 +36,18 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         raise UserError(f"{uri}: cannot open storage ({e})") from None
 
 
+# Write failures the user fixes (a full disk, a quota, a read-only mount): one line, no traceback.
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _as_user_error(path: str | Path, e: BaseException) -> None:
+    """Raise ``e`` as a UserError naming ``path`` if it is a write failure the user fixes."""
+    if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
+        why = os.strerror(e.errno).lower()
+        expected = "expected a writable dir with free space"
+        raise UserError(f"{path}: cannot write ({why}); {expected}") from None
+
+
 def ensure_writable_dir(path: str | Path, what: str = "output dir") -> Path:
     """Create ``path`` if needed and prove it is writable, or raise a UserError naming it."""
     path = Path(path).expanduser()
@@ -59,9 +72,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        _as_user_error(path, e)
         raise
 
 
@@ -81,9 +95,10 @@ def atomic_write_parquet(path: str | Path, table: pa.Table) -> None:
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        _as_user_error(path, e)
         raise
 
 
@@ -120,6 +135,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _as_user_error(final, e)
         raise

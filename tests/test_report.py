@@ -148,7 +148,8 @@ def test_bad_inputs_exit_nonzero(tmp_path, capsys):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
 
 
-def test_notebook_runs(sweep, monkeypatch):
+def run_notebook(sweep: Path, monkeypatch) -> list[dict]:
+    """Execute the notebook headless on ``sweep``; returns its PNG outputs."""
     monkeypatch.setenv("RAY_MTL_SWEEP", str(sweep))
     # The kernel imports ray_mtl from this checkout even where it is not pip-installed.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -158,11 +159,19 @@ def test_notebook_runs(sweep, monkeypatch):
         nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
     )
     client.execute()
-    images = [
+    return [
         o
         for c in nb.cells
         if c.cell_type == "code"
         for o in c.outputs
         if "image/png" in o.get("data", {})
     ]
-    assert len(images) >= len(FIGURES)
+
+
+def test_notebook_runs(sweep, monkeypatch):
+    assert len(run_notebook(sweep, monkeypatch)) >= len(FIGURES)
+
+
+def test_notebook_on_smoke_sweep(smoke_sweep, monkeypatch):
+    """The notebook on a real sweep (the shipped smoke space, run once per session)."""
+    assert len(run_notebook(smoke_sweep, monkeypatch)) >= len(FIGURES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import unicodedata
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ def _tsv_rows(path: Path) -> Iterator[bytes]:
             yield from f
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream
         raise UserError(f"{path}: cannot read ({e})") from None
 
 

@@ -1,0 +1,482 @@
+"""Bad input to every CLI (prepare, train, tune, report): one clear line, exit 2, nothing torn.
+
+    .venv/bin/python -m pytest -q tests/test_bad_input.py
+
+One table of cases, each run through the real ``main(argv)`` of its CLI (a few as a real
+``python -m`` process). Every case must end with exit code 2, exactly one ``error: ...`` line on
+stderr naming what is wrong, no traceback, and no half-written file where output would go (no
+``*.tmp``, and every Parquet / checkpoint / JSON that did appear reads back whole).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from ray_mtl import prepare, report, train, tune
+from ray_mtl.config import (
+    DataConfig,
+    EvalConfig,
+    MixtureConfig,
+    ModelConfig,
+    PhaseConfig,
+    TrainConfig,
+    to_dict,
+)
+from ray_mtl.model import Transformer
+
+ROOT = Path(__file__).resolve().parents[1]
+MAINS = {"prepare": prepare.main, "train": train.main, "tune": tune.main, "report": report.main}
+TASKS = ["eng-fra", "eng-ron"]
+
+
+@pytest.fixture(scope="module")
+def data_cfg(shared_data, tmp_path_factory) -> DataConfig:
+    """Real prepared data, built once: train/tune cases fail after reading it, never rebuild it."""
+    from ray_mtl.data import prepare as prepare_data
+
+    cfg = DataConfig(
+        tasks=TASKS,
+        data_dir=str(shared_data),
+        max_pairs=2000,
+        vocab_size=500,
+        out_dir=str(tmp_path_factory.mktemp("prepared")),
+    )
+    prepare_data(cfg, verbose=False)
+    return cfg
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    shared: Path
+    data: DataConfig
+    cleanup: Callable[[Callable[[], None]], None]
+
+    def write(self, name: str, text: str | bytes) -> str:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+        return str(path)
+
+    def train_yaml(self, edit: Callable[[dict], None] = lambda c: None) -> str:
+        mix = MixtureConfig(rule="explicit", rates={"eng-fra": 0.5, "eng-ron": 0.5})
+        cfg = to_dict(
+            TrainConfig(
+                phases=[PhaseConfig(steps=4, mixture=mix)],
+                data=self.data,
+                model=ModelConfig(preset="tiny", dropout=0.0),
+                eval=EvalConfig(every=2, pairs=16, bleu_pairs=0, test_at_end=False),
+                batch_tokens=512,
+                run_dir=str(self.tmp / "run"),
+            )
+        )
+        edit(cfg)
+        return self.write("run.yaml", yaml.safe_dump(cfg))
+
+    def space_yaml(self, edit: Callable[[dict], None] = lambda s: None) -> str:
+        d = self.data
+        space = dict(
+            name="bad",
+            tasks={"high": ["eng-fra"], "low": ["eng-ron"]},
+            methods=["two_phase"],
+            grid={"pretrain_steps": [4], "finetune_steps": 4, "low_rates": [0.5]},
+            data=dict(
+                data_dir=d.data_dir, out_dir=d.out_dir, max_pairs=d.max_pairs, vocab_size=500
+            ),
+            model={"preset": "tiny", "dropout": 0.0},
+            eval={"every": 2, "pairs": 16, "bleu_pairs": 0},
+            batch_tokens=512,
+            storage=str(self.tmp / "runs"),
+        )
+        edit(space)
+        return self.write("space.yaml", yaml.safe_dump(space))
+
+    def tmpfs(self, name: str) -> Path | None:
+        """A 64 KiB tmpfs: a really full disk. None where mounting is not allowed."""
+        path = self.tmp / name
+        path.mkdir()
+        mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)]
+        if subprocess.run(mount, capture_output=True).returncode != 0:
+            return None
+        self.cleanup(lambda: subprocess.run(["umount", "-l", str(path)], check=False))
+        return path
+
+
+def prepare_argv(ctx: Ctx, *extra: str) -> list[str]:
+    argv = ["--data-dir", str(ctx.shared), "--max-pairs", "2000", "--vocab-size", "500", "-q"]
+    return [*argv, *extra]
+
+
+def custom_task(ctx: Ctx, train_file: str) -> str:
+    task = dict(name="eng-my", src_lang="eng", tgt_lang="ron", train=[train_file])
+    return ctx.write("data.yaml", json.dumps({"tasks": ["eng-my"], "custom_tasks": [task]}))
+
+
+def real_lines(ctx: Ctx, n: int) -> bytes:
+    with gzip.open(ctx.shared / "tatoeba/train/eng-ron.tsv.gz", "rb") as f:
+        return b"".join(f.readline() for _ in range(n))
+
+
+def hostile(ctx: Ctx) -> str:
+    return f'!!python/object/apply:os.system ["touch {ctx.tmp / "PWNED"}"]\n'
+
+
+def set_in(d: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    for k in path:
+        d = d[k]
+    d[last] = value
+
+
+def checkpoint_of(ctx: Ctx, model: ModelConfig) -> str:
+    """A real checkpoint dir (weights of ``model``) as training writes it."""
+    from ray_mtl.data import prepare as prepare_data
+
+    vocab = prepare_data(ctx.data, verbose=False).vocab_size
+    state = dict(
+        step=4,
+        steps_since_reset=4,
+        model=to_dict(model),
+        vocab_size=vocab,
+        manifest_hash="x",
+        model_state=Transformer(model, vocab).state_dict(),
+    )
+    train.save_checkpoint_dir(ctx.tmp / "ckpt", state)
+    return str(ctx.tmp / "ckpt")
+
+
+# Each case: (cli, argv, substrings of the error line). A case returns None to skip itself.
+Case = tuple[str, list[str], list[str]]
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def case_prepare_unknown_task(ctx):
+    argv = prepare_argv(ctx, "--tasks", "eng-fra,eng-xyz", "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["tasks[1]: unknown task 'eng-xyz'", "eng-ron"]
+
+
+def case_prepare_task_name_with_slash(ctx):
+    argv = prepare_argv(ctx, "--tasks", "../../etc", "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["tasks[0]: expected a name of letters", "'../../etc'"]
+
+
+def case_prepare_hostile_yaml(ctx):
+    argv = prepare_argv(ctx, "--config", ctx.write("data.yaml", hostile(ctx)))
+    return "prepare", [*argv, "--out-dir", str(ctx.tmp / "out")], ["data.yaml:1: invalid YAML"]
+
+
+def case_prepare_gzip_garbage(ctx):
+    junk = ctx.write("junk.tsv.gz", b"\x1f\x8b" + os.urandom(4096))
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, junk), "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["junk.tsv.gz: cannot read"]
+
+
+def case_prepare_gzip_truncated(ctx):
+    whole = gzip.compress(real_lines(ctx, 500))
+    cut = ctx.write("cut.tsv.gz", whole[: len(whole) // 2])
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, cut), "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["cut.tsv.gz: cannot read"]
+
+
+def case_prepare_gzip_corrupt_stream(ctx):
+    # A valid gzip header over a damaged deflate stream: zlib's own error, not an OSError.
+    whole = bytearray(gzip.compress(real_lines(ctx, 500)))
+    whole[40:60] = b"\xff" * 20
+    bad = ctx.write("bad.tsv.gz", bytes(whole))
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, bad), "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["bad.tsv.gz: cannot read"]
+
+
+def case_prepare_invalid_utf8_strict(ctx):
+    bad = ctx.write("bad.tsv", real_lines(ctx, 3) + b"caf\xe9\tcafea\n")
+    cfg = custom_task(ctx, bad)
+    argv = prepare_argv(ctx, "--config", cfg, "--strict", "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["bad.tsv:4: invalid UTF-8"]
+
+
+def case_prepare_unwritable_out_dir(ctx):
+    ctx.write("a-file", "not a dir")
+    argv = prepare_argv(ctx, "--tasks", "eng-ron", "--out-dir", str(ctx.tmp / "a-file" / "out"))
+    return "prepare", argv, ["a-file/out: output dir is not writable"]
+
+
+def case_prepare_full_out_dir(ctx):
+    full = ctx.tmpfs("full")
+    if full is None:
+        return None
+    argv = prepare_argv(ctx, "--tasks", "eng-fra,eng-ron", "--out-dir", str(full))
+    return "prepare", argv, ["full/", "no space left on device", "expected"]
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def case_train_malformed_yaml(ctx):
+    return "train", ["--config", ctx.write("run.yaml", "phases: [\n  - steps: 4\n")], ["run.yaml"]
+
+
+def case_train_hostile_yaml(ctx):
+    path = ctx.write("run.yaml", hostile(ctx))
+    return "train", ["--config", path], ["run.yaml:1: invalid YAML", "python/object/apply"]
+
+
+def case_train_missing_config(ctx):
+    return "train", ["--config", str(ctx.tmp / "nope.yaml")], ["nope.yaml: file not found"]
+
+
+def case_train_wrong_type(ctx):
+    path = ctx.train_yaml(lambda c: set_in(c, "model.d_model", "big"))
+    return "train", ["--config", path], ["model.d_model: expected an integer", "'big'"]
+
+
+def case_train_unknown_key(ctx):
+    path = ctx.train_yaml(lambda c: set_in(c, "optim.learning_rate", 0.1))
+    return "train", ["--config", path], ["optim.learning_rate: unknown field", "lr"]
+
+
+def case_train_rates_not_summing_to_one(ctx):
+    path = ctx.train_yaml(
+        lambda c: set_in(
+            c,
+            "phases",
+            [
+                {
+                    "steps": 4,
+                    "mixture": {"rule": "explicit", "rates": {"eng-fra": 0.5, "eng-ron": 0.3}},
+                }
+            ],
+        )
+    )
+    return "train", ["--config", path], ["phases[0].mixture.rates: expected rates summing to 1"]
+
+
+def case_train_zero_steps(ctx):
+    path = ctx.train_yaml(lambda c: set_in(c, "phases", [{"steps": 0}]))
+    return "train", ["--config", path], ["phases[0].steps: expected a positive integer", "0"]
+
+
+def case_train_unknown_task_in_rates(ctx):
+    path = ctx.train_yaml(
+        lambda c: set_in(
+            c, "phases", [{"steps": 4, "mixture": {"rule": "explicit", "rates": {"eng-xyz": 1.0}}}]
+        )
+    )
+    return "train", ["--config", path], ["phases[0].mixture", "eng-xyz", "unknown task"]
+
+
+def case_train_zero_workers(ctx):
+    return "train", ["--config", ctx.train_yaml(), "--num-workers", "0"], ["--num-workers"]
+
+
+def case_train_missing_checkpoint(ctx):
+    argv = ["--config", ctx.train_yaml(), "--init-from", str(ctx.tmp / "no-ckpt")]
+    return "train", argv, ["no-ckpt: no checkpoint there"]
+
+
+def case_train_corrupt_checkpoint(ctx):
+    ctx.write("ckpt/state.pt", os.urandom(2048))
+    argv = ["--config", ctx.train_yaml(), "--init-from", str(ctx.tmp / "ckpt")]
+    return "train", argv, ["ckpt: corrupt checkpoint"]
+
+
+def case_train_checkpoint_of_another_model(ctx):
+    other = checkpoint_of(ctx, ModelConfig(preset="tiny", d_model=32, dropout=0.0))
+    argv = ["--config", ctx.train_yaml(), "--init-from", other]
+    return "train", argv, ["checkpoint is for another model config", "d_model"]
+
+
+def case_train_unwritable_run_dir(ctx):
+    ctx.write("a-file", "not a dir")
+    argv = ["--config", ctx.train_yaml(), "--run-dir", str(ctx.tmp / "a-file" / "run")]
+    return "train", argv, ["a-file/run: run dir is not writable"]
+
+
+# ----------------------------------------------------------------------------- tune
+
+
+def case_tune_hostile_yaml(ctx):
+    return "tune", ["--space", ctx.write("space.yaml", hostile(ctx))], ["space.yaml:1: invalid"]
+
+
+def case_tune_sweep_name_with_dotdot(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "name", "../../escape"))
+    return "tune", ["--space", path], ["name: expected a name of letters", "'../../escape'"]
+
+
+def case_tune_sweep_name_with_slash(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "name", "a/b"))
+    return "tune", ["--space", path], ["name: expected a name", "no '/' or '..'"]
+
+
+def case_tune_task_name_with_slash(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "tasks.low", ["eng/../ron"]))
+    return "tune", ["--space", path], ["tasks.low[0]: expected a name"]
+
+
+def case_tune_negative_steps(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "grid.finetune_steps", -5))
+    return "tune", ["--space", path], ["grid.finetune_steps: expected a positive integer", "-5"]
+
+
+def case_tune_wrong_type(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "grid.low_rates", "0.5"))
+    return "tune", ["--space", path], ["grid.low_rates: expected a list of", "'0.5'"]
+
+
+def case_tune_rate_out_of_range(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "grid.low_rates", [1.5]))
+    return "tune", ["--space", path], ["grid.low_rates[0]: expected a rate in (0, 1)", "1.5"]
+
+
+def case_tune_unknown_key(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "grid.pretrain_step", [4]))
+    return "tune", ["--space", path], ["grid.pretrain_step: unknown field", "pretrain_steps"]
+
+
+def case_tune_unknown_task(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "tasks.low", ["eng-xyz"]))
+    return "tune", ["--space", path], ["unknown task 'eng-xyz'"]
+
+
+def case_tune_resume_not_a_sweep(ctx):
+    (ctx.tmp / "empty").mkdir()
+    argv = ["--resume", str(ctx.tmp / "empty")]
+    return "tune", argv, ["empty/space.yaml: not found", "sweep dir written by ray_mtl.tune"]
+
+
+def case_tune_unwritable_storage(ctx):
+    ctx.write("a-file", "not a dir")
+    argv = ["--space", ctx.space_yaml(), "--storage", str(ctx.tmp / "a-file" / "runs")]
+    return "tune", argv, ["a-file/runs: storage path is not writable"]
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def toy_sweep(ctx: Ctx) -> str:
+    """The smallest sweep dir a report can be drawn from: one trial, one segment."""
+    import pyarrow as pa
+
+    sweep = ctx.tmp / "sweep"
+    rows = [
+        dict(segment="sc", step=s, task=t, split="dev", metric="ce", value=5.0 - s / 10 - i)
+        for s in (2, 4)
+        for i, t in enumerate(TASKS)
+    ]
+    sweep.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), sweep / "metrics.parquet")
+    trial = dict(
+        trial="sc-w0.5-s0", method="scalarization", L=0, F=4, w=0.5, temperature=float("nan"),
+        max_epochs=float("nan"), seed=0, final_step=4, status="finished", manifest_hash="m",
+        code_version="c", lineage=json.dumps([dict(segment="sc", from_step=0, to_step=4)]),
+    )  # fmt: skip
+    pq.write_table(pa.Table.from_pylist([trial]), sweep / "trials.parquet")
+    space = {"name": "toy", "tasks": {"high": ["eng-fra"], "low": ["eng-ron"]}}
+    (sweep / "space.yaml").write_text(yaml.safe_dump(space))
+    (sweep / "results.json").write_text(json.dumps({"schema": 1, "name": "toy"}))
+    return str(sweep)
+
+
+def case_report_missing_sweep(ctx):
+    return "report", [str(ctx.tmp / "nowhere")], ["nowhere: sweep dir not found"]
+
+
+def case_report_corrupt_parquet(ctx):
+    sweep = toy_sweep(ctx)
+    Path(sweep, "metrics.parquet").write_bytes(b"PAR1" + os.urandom(512))
+    return "report", [sweep], ["metrics.parquet: cannot read Parquet"]
+
+
+def case_report_hostile_space_yaml(ctx):
+    sweep = toy_sweep(ctx)
+    Path(sweep, "space.yaml").write_text(hostile(ctx))
+    return "report", [sweep], ["space.yaml:1: invalid YAML"]
+
+
+def case_report_bad_axis(ctx):
+    return "report", [toy_sweep(ctx), "--axes", "eng-ron"], ["'eng-ron': expected 'task/metric'"]
+
+
+def case_report_unwritable_out(ctx):
+    ctx.write("a-file", "not a dir")
+    argv = [toy_sweep(ctx), "--out", str(ctx.tmp / "a-file" / "r" / "report")]
+    return "report", argv, ["a-file/r: report dir is not writable"]
+
+
+def case_report_full_out_dir(ctx):
+    sweep = toy_sweep(ctx)
+    full = ctx.tmpfs("full")
+    if full is None:
+        return None
+    return "report", [sweep, "--out", str(full / "report")], ["no space left on device"]
+
+
+CASES = [v for k, v in globals().items() if k.startswith("case_")]
+# These also run as real processes: exit status, stderr and no code run from YAML.
+SUBPROCESS = {"case_tune_hostile_yaml", "case_train_corrupt_checkpoint", "case_report_full_out_dir"}
+
+
+def files_under(path: Path) -> set[Path]:
+    return {p for p in path.rglob("*") if p.is_file()} if path.exists() else set()
+
+
+def assert_whole(path: Path) -> None:
+    """A file that appeared must read back whole."""
+    assert ".tmp" not in str(path) and ".old" not in path.name, f"left behind: {path}"
+    if path.suffix == ".parquet":
+        pq.read_table(path)
+    elif path.suffix == ".pt":
+        torch.load(path, map_location="cpu", weights_only=True)
+    elif path.suffix == ".json":
+        json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__.removeprefix("case_"))
+def test_bad_input_is_refused(case, data_cfg, shared_data, tmp_path, capsys, monkeypatch, request):
+    monkeypatch.chdir(tmp_path)
+    ctx = Ctx(tmp_path, shared_data, data_cfg, request.addfinalizer)
+    made = case(ctx)
+    if made is None:
+        pytest.skip("cannot mount a small tmpfs here")
+    cli, argv, expected = made
+    before = files_under(tmp_path) | files_under(Path(data_cfg.out_dir))
+    if case.__name__ in SUBPROCESS:
+        proc = subprocess.run(
+            [sys.executable, "-m", f"ray_mtl.{cli}", *argv],
+            cwd=tmp_path,
+            env=os.environ | {"PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        rc, err = proc.returncode, proc.stderr
+    else:
+        rc = MAINS[cli](argv)
+        err = capsys.readouterr().err
+    assert rc == 2, err
+    # One error line, last; before it at most the data pipeline's "prepare: ..." progress lines.
+    *progress, line = err.rstrip("\n").split("\n")
+    assert line.startswith("error: ") and err.endswith("\n"), err
+    assert all(p.startswith("prepare: ") for p in progress), err
+    assert "Traceback" not in err
+    err = line
+    for text in expected:
+        assert text in err, f"{text!r} not in {err!r}"
+    assert not (tmp_path / "PWNED").exists(), "YAML ran a command"
+    for path in (files_under(tmp_path) | files_under(Path(data_cfg.out_dir))) - before:
+        assert_whole(path)
+    for prepared in tmp_path.glob("**/prepared/*"):
+        assert (prepared / "manifest.json").is_file(), f"partial prepared dir: {prepared}"
