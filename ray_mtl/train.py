@@ -433,6 +433,7 @@ def validate(cfg: TrainConfig) -> data_lib.Prepared:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry: one DDP rank of the run described by ``config`` (a plain TrainConfig)."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -446,7 +447,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
 
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        metrics = metrics | {"node_id": node_id}  # where it ran: the sweep's timeline.json
         if state is None:
             ray.train.report(metrics)
             return

@@ -15,11 +15,13 @@ trunk goes on. Results land under ``<storage>/<sweep>/``: ``metrics.parquet`` (l
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -178,26 +180,41 @@ def run_segment(config: dict[str, Any]) -> None:
         raise result.error
 
 
-def _tree_progress_callback(plan_: Plan):
+def _tree_progress_callback(plan_: Plan, sweep_uri: str):
     from ray.tune import Callback
 
     total = plan_.tree_steps
 
     class TreeProgress(Callback):
-        """One line of tree progress under Tune's table: segments and steps done of total."""
+        """One line of tree progress under Tune's table (segments and steps done of total), and
+        ``timeline.json``: when each segment started and ended (wall clock, s) and on which node."""
 
         def __init__(self) -> None:
             self.steps: dict[str, int] = {}
             self.done: set[str] = set()
+            self.timeline: dict[str, dict[str, float]] = {}
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            self._mark(trial, "start")
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             seg = plan_.segments[trial.config["segment"]]
             self.steps[seg.id] = int(result["step"]) - seg.start_step
+            if "node_id" in result:
+                self.timeline.setdefault(seg.id, {})["node"] = result["node_id"]
             self._print()
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self.done.add(trial.config["segment"])
+            self._mark(trial, "end")
             self._print()
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._mark(trial, "failed")
+
+        def _mark(self, trial, event: str) -> None:
+            self.timeline.setdefault(trial.config["segment"], {})[event] = time.time()
+            _write_text(f"{sweep_uri}/timeline.json", json.dumps(self.timeline, indent=1))
 
         def _print(self) -> None:
             done = sum(self.steps.values())
@@ -217,8 +234,6 @@ def _tree_progress_callback(plan_: Plan):
 
 def collect_results(space: SpaceConfig, plan_: Plan, sweep_uri: str, manifest_hash: str) -> None:
     """Merge per-segment rows into ``metrics.parquet`` and write ``trials.parquet``."""
-    import json
-
     import pyarrow as pa
 
     from ray_mtl.storage import read_parquet, write_parquet
@@ -356,8 +371,6 @@ def run_sweep(
     sweep_uri = sweep_uri_of(space)
     prepared = validate(segment_config(space, next(iter(tree.segments.values())), sweep_uri))
     _write_text(f"{sweep_uri}/space.yaml", yaml.safe_dump(to_dict(space), sort_keys=False))
-    import json
-
     _write_text(f"{sweep_uri}/plan.json", json.dumps(tree.to_dict(), indent=1))
     _write_text(
         f"{sweep_uri}/results.json",
@@ -395,7 +408,7 @@ def run_sweep(
                 name="tune",
                 storage_path=tune_dir,
                 storage_filesystem=fs,
-                callbacks=[_tree_progress_callback(tree)],
+                callbacks=[_tree_progress_callback(tree, sweep_uri)],
                 progress_reporter=tune.CLIReporter(
                     metric_columns=["step", "lr", "tokens_per_s"],
                     parameter_columns=["segment"],

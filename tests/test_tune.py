@@ -110,7 +110,7 @@ def test_searcher_releases_a_branch_at_its_fork_while_the_trunk_runs():
 
 
 def test_branches_run_while_their_trunk_goes_on(ray_session, shared_data, tmp_path):
-    """A branch forked early finishes before its trunk does (real Ray, real timestamps).
+    """A branch forked early starts while its trunk still trains (real Ray, real timestamps).
 
     One worker per segment so that several segments fit 2 CPUs at once; the smoke space's two
     workers per segment fill 2 CPUs, so there segments run one at a time.
@@ -123,11 +123,10 @@ def test_branches_run_while_their_trunk_goes_on(ray_session, shared_data, tmp_pa
     (tmp_path / "overlap.yaml").write_text(yaml.safe_dump(d))
     args = ["--space", str(tmp_path / "overlap.yaml"), "--storage", str(tmp_path), "--no-report"]
     assert main(args) == 0
-    segs = tmp_path / "overlap" / "segments"
-    # metrics.parquet is rewritten at each report: its mtime is the segment's last report.
-    trunk_end = (segs / "pt-s0" / "metrics.parquet").stat().st_mtime
-    branch_end = (segs / "tp-L20-w0.3-s0" / "metrics.parquet").stat().st_mtime
-    assert branch_end < trunk_end
+    timeline = json.loads((tmp_path / "overlap" / "timeline.json").read_text())
+    assert timeline["tp-L20-w0.3-s0"]["start"] < timeline["pt-s0"]["end"]
+    # the late fork's branch can only start once the trunk has reached its end
+    assert timeline["tp-L600-w0.3-s0"]["start"] > timeline["tp-L20-w0.3-s0"]["start"]
     trials = pd.read_parquet(tmp_path / "overlap" / "trials.parquet")
     assert (trials.status == "finished").all()
 
