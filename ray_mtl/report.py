@@ -235,12 +235,12 @@ def plot_rates(results: Results, curves: pd.DataFrame | None = None) -> Figure:
     ax_rate, ax_ep = fig.subplots(1, 2)
     tasks = results.tasks["high"] + results.tasks["low"]
     task_color = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
-    rates = _last(curves, "rate_target").merge(
-        _last(curves, "rate_realized"), on=["trial", "task"], suffixes=("_target", "_realized")
+    rates = _last(curves, "target_rate").merge(
+        _last(curves, "realized_rate"), on=["trial", "task"], suffixes=("_target", "_realized")
     )
     epochs = _last(curves, "epochs")
     if rates.empty:
-        ax_rate.text(0.5, 0.5, "no rate_target / rate_realized recorded", ha="center")
+        ax_rate.text(0.5, 0.5, "no target_rate / realized_rate recorded", ha="center")
     for task, r in rates.groupby("task"):
         ax_rate.scatter(
             r["value_target"], r["value_realized"], color=task_color.get(task), label=task
@@ -248,7 +248,7 @@ def plot_rates(results: Results, curves: pd.DataFrame | None = None) -> Figure:
     ax_rate.axline((0, 0), slope=1, color="gray", ls=":", label="realized = target")
     ax_rate.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     ax_rate.set_xlabel("target sampling rate of the last phase")
-    ax_rate.set_ylabel("realized share of examples over the run")
+    ax_rate.set_ylabel("realized share of examples in the last phase")
     ax_rate.set_title("sampling rates per task (one point per trial)")
     ax_rate.legend(fontsize=8)
     methods = sorted(method.unique())

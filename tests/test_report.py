@@ -60,8 +60,8 @@ def rows_of(segment: str, sim: dict, steps: range) -> list[tuple]:
                 (segment, s, task, "dev", "chrf", 100 - 12 * ce),
                 (segment, s, task, "dev", "bleu", 60 - 10 * ce),
                 (segment, s, task, "train", "loss", ce - 0.3),
-                (segment, s, task, "train", "rate_target", rate),
-                (segment, s, task, "train", "rate_realized", share),
+                (segment, s, task, "train", "target_rate", rate),
+                (segment, s, task, "train", "realized_rate", share),
                 (segment, s, task, "train", "epochs", ep),
             ]
         rows.append((segment, s, "*", "train", "lr", 1e-3))
