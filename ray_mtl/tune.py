@@ -283,6 +283,20 @@ def collect_results(space: SpaceConfig, plan_: Plan, sweep_uri: str, manifest_ha
 # --------------------------------------------------------------------------------------------
 
 
+def check_tasks(space: SpaceConfig, source: str) -> None:
+    """Every task of the space is a shipped one or a custom task (before anything starts)."""
+    from ray_mtl.data.catalog import TATOEBA_LANGS
+
+    known = [f"eng-{lang}" for lang in TATOEBA_LANGS] + [t.name for t in space.data.custom_tasks]
+    for group in ("high", "low"):
+        for i, task in enumerate(getattr(space.tasks, group)):
+            if task not in known:
+                raise UserError(
+                    f"{source}: tasks.{group}[{i}]: unknown task {task!r} "
+                    f"(expected one of {', '.join(known)}, or a data.custom_tasks entry)"
+                )
+
+
 def _read_yaml(uri: str) -> Any:
     fs, path = filesystem(uri)
     try:
@@ -445,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         space.storage = sweep.rsplit("/", 1)[0] if "/" in sweep else "."
     else:
         space = load(SpaceConfig, args.space)
+    check_tasks(space, args.space or f"{args.resume}/space.yaml")
     if args.storage:
         space.storage = args.storage
     if args.max_concurrent is not None:

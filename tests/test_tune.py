@@ -165,7 +165,7 @@ def _space_with(**changes) -> dict:
 
 BAD_SPACES = {
     "unknown_method": (_space_with(methods=["two_phase", "magic"]), "methods[1]"),
-    "unknown_task": (_space_with(tasks__low=["eng-xxx"]), "unknown task 'eng-xxx'"),
+    "unknown_task": (_space_with(tasks__low=["eng-xxx"]), "tasks.low[0]: unknown task 'eng-xxx'"),
     "L_unsorted": (_space_with(grid__pretrain_steps=[200, 100]), "grid.pretrain_steps"),
     "L_duplicates": (_space_with(grid__pretrain_steps=[100, 100]), "grid.pretrain_steps"),
     "w_one": (_space_with(grid__low_rates=[0.3, 1.0]), "grid.low_rates[1]"),
@@ -188,9 +188,7 @@ def test_bad_space_is_refused_before_any_trial(case, ray_session, tmp_path, caps
     path = tmp_path / f"{case}.yaml"
     path.write_text(yaml.safe_dump(space))
     store = tmp_path / "store"
-    # Task names are checked by the data layer, which does not know the space file.
-    expected = (field,) if case == "unknown_task" else (str(path), field)
-    _refused(["--space", str(path), "--storage", str(store)], capsys, store, *expected)
+    _refused(["--space", str(path), "--storage", str(store)], capsys, store, str(path), field)
 
 
 def test_invalid_yaml_and_unwritable_storage_are_refused(ray_session, tmp_path, capsys):
