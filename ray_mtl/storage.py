@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,22 +61,31 @@ def ensure_writable_dir(path: str | Path, what: str = "output dir") -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same dir and an atomic rename."""
+def _write_then_rename(path: str | Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temp file beside ``path``, then rename it over ``path``: whole or nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         _as_user_error(path, e)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same dir and an atomic rename."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _write_then_rename(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -89,17 +98,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_write_parquet(path: str | Path, table: pa.Table) -> None:
     """Write a Parquet file that appears whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        _as_user_error(path, e)
-        raise
+    _write_then_rename(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_parquet(uri: str, table: pa.Table) -> None:

@@ -311,11 +311,11 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
     return metrics
 
 
-def _evaluate(cfg, model, prepared, split, device, autocast) -> dict[str, float]:
+def _evaluate(cfg, model, prepared, split, device, autocast, tasks=None) -> dict[str, float]:
     model.eval()
     out: dict[str, float] = {}
     with autocast:
-        for t in prepared.tasks:
+        for t in tasks or prepared.tasks:
             res = evaluate_task(
                 model,
                 prepared.shard(t, split),
@@ -338,22 +338,9 @@ def _test_best(cfg, model, prepared, best, best_weights, device, autocast) -> di
     out: dict[str, Any] = {}
     for t in prepared.tasks:
         model.load_state_dict(best_weights[best[t]["step"]])
-        model.eval()
-        with autocast:
-            res = evaluate_task(
-                model,
-                prepared.shard(t, "test"),
-                prepared.decode,
-                eval_pairs=cfg.eval.pairs,
-                bleu_pairs=cfg.eval.bleu_pairs,
-                batch_tokens=cfg.batch_tokens,
-                beam_size=cfg.eval.beam_size,
-                device=device,
-            )
-        out.update({f"test/{t}/{k}": v for k, v in res.items()})
+        out |= _evaluate(cfg, model, prepared, "test", device, autocast, tasks=[t])
         out[f"test/{t}/best_step"] = best[t]["step"]
     model.load_state_dict(final)
-    model.train()
     return out
 
 

@@ -107,3 +107,20 @@ def overfit(pairs, sp):
         return memorise(pairs, sp)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def data_cfg(shared_data, tmp_path_factory):
+    """Real prepared data for training tests: eng-fra + eng-ron, 3,000 lines each, vocab 500."""
+    from ray_mtl.config import DataConfig
+    from ray_mtl.data import prepare
+
+    cfg = DataConfig(
+        tasks=["eng-fra", "eng-ron"],
+        data_dir=str(shared_data),
+        max_pairs=3000,
+        vocab_size=500,
+        out_dir=str(tmp_path_factory.mktemp("prepared")),
+    )
+    prepare(cfg, verbose=False)
+    return cfg

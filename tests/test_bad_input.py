@@ -41,22 +41,6 @@ MAINS = {"prepare": prepare.main, "train": train.main, "tune": tune.main, "repor
 TASKS = ["eng-fra", "eng-ron"]
 
 
-@pytest.fixture(scope="module")
-def data_cfg(shared_data, tmp_path_factory) -> DataConfig:
-    """Real prepared data, built once: train/tune cases fail after reading it, never rebuild it."""
-    from ray_mtl.data import prepare as prepare_data
-
-    cfg = DataConfig(
-        tasks=TASKS,
-        data_dir=str(shared_data),
-        max_pairs=2000,
-        vocab_size=500,
-        out_dir=str(tmp_path_factory.mktemp("prepared")),
-    )
-    prepare_data(cfg, verbose=False)
-    return cfg
-
-
 @dataclass
 class Ctx:
     tmp: Path

@@ -144,21 +144,6 @@ def test_sigkill_during_writes_leaves_whole_files(tmp_path):
 # ----------------------------------------------------------------------------- worker fault
 
 
-@pytest.fixture(scope="module")
-def data_cfg(shared_data, tmp_path_factory) -> DataConfig:
-    from ray_mtl.data import prepare
-
-    cfg = DataConfig(
-        tasks=["eng-fra", "eng-ron"],
-        data_dir=str(shared_data),
-        max_pairs=3000,
-        vocab_size=500,
-        out_dir=str(tmp_path_factory.mktemp("prepared")),
-    )
-    prepare(cfg, verbose=False)
-    return cfg
-
-
 STEPS, EVERY = (30, 30), 5  # pre-train then fine-tune with a reset; eval every 5 steps
 
 

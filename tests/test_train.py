@@ -54,21 +54,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def data_cfg(shared_data, tmp_path_factory) -> DataConfig:
-    cfg = DataConfig(
-        tasks=TASKS,
-        data_dir=str(shared_data),
-        max_pairs=3000,
-        vocab_size=500,
-        out_dir=str(tmp_path_factory.mktemp("prepared")),
-    )
-    from ray_mtl.data import prepare
-
-    prepare(cfg, verbose=False)
-    return cfg
-
-
 def config(data_cfg: DataConfig, run_dir: Path, phases: list[PhaseConfig], **kw) -> TrainConfig:
     base = dict(
         phases=phases,
