@@ -30,10 +30,9 @@ import yaml
 import ray_mtl
 from ray_mtl.config import SpaceConfig, TrainConfig, check, from_dict, load, to_dict
 from ray_mtl.errors import UserError, cli
+from ray_mtl.frontier import SCHEMA
 from ray_mtl.plan import Plan, Segment, describe, naive, plan
 from ray_mtl.storage import ensure_writable_dir, filesystem
-
-SCHEMA = 1
 
 
 def segment_config(space: SpaceConfig, seg: Segment, sweep_uri: str) -> TrainConfig:
@@ -336,8 +335,7 @@ def _connect_ray(dashboard: bool) -> None:
     if ray.is_initialized():
         return
     # RAY_ADDRESS (set by `ray job submit`) joins the cluster; otherwise an embedded local Ray,
-    # its dashboard (if any) on localhost only.
-    # Workers' own logs stay in Ray's session dir: the console shows Tune's table and the tree.
+    # its dashboard (if any) on localhost only. Workers' logs stay in Ray's session dir.
     ray.init(
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
