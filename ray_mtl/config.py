@@ -454,6 +454,8 @@ class TrainConfig:
     """Where metrics and checkpoints go (a local dir or a storage URI)."""
     compile: bool = False
     """``torch.compile`` the training forward (worth it on GPU; evaluation stays eager)."""
+    max_failures: int = 0
+    """Ray Train restarts after a worker fault, each from the latest checkpoint."""
 
     def __post_init__(self) -> None:
         check(len(self.phases) > 0, "phases", "at least one phase", self.phases)
@@ -570,6 +572,8 @@ class SpaceConfig:
     """Extra checkpoints for fault recovery (0: fork steps and segment ends only)."""
     max_concurrent: int = 0
     """Segments run at once (0: as many as the cluster's CPUs/GPUs fit)."""
+    max_failures: int = 2
+    """Restarts of a segment after a worker fault, each from its latest checkpoint."""
     storage: str = "runs"
     """Storage path: a local dir, an NFS path, or ``s3://`` / ``gs://`` on clusters."""
 

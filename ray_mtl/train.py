@@ -492,7 +492,6 @@ def ray_trainer(
     name: str,
     storage_path: str,
     callbacks: tuple = (),
-    max_failures: int = 0,
     storage_filesystem: Any = None,
 ):
     """A ``TorchTrainer`` running ``cfg`` on ``cfg.resources`` workers."""
@@ -513,7 +512,7 @@ def ray_trainer(
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             callbacks=list(callbacks),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
     )

@@ -49,6 +49,7 @@ def segment_config(space: SpaceConfig, seg: Segment, sweep_uri: str) -> TrainCon
         eval_steps=seg.eval_steps,
         fork_steps=seg.fork_steps,
         checkpoint_every=space.checkpoint_every,
+        max_failures=space.max_failures,
         run_dir=f"{sweep_uri}/segments/{seg.id}",
     )
 
@@ -172,7 +173,6 @@ def run_segment(config: dict[str, Any]) -> None:
         storage_path=segments_dir,
         storage_filesystem=fs,
         callbacks=(TuneReportCallback(), rows_callback(seg, f"{cfg.run_dir}/metrics.parquet")),
-        max_failures=int(os.environ.get("RAY_MTL_MAX_FAILURES", "2")),
     )
     result = trainer.fit()
     if result.error:

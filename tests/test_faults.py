@@ -162,6 +162,7 @@ def fault_config(data_cfg: DataConfig, run_dir: Path) -> TrainConfig:
         resources=ResourcesConfig(num_workers=1, cpus_per_worker=1.0),
         batch_tokens=1024,
         checkpoint_every=10,
+        max_failures=2,
         seed=0,
         run_dir=str(run_dir),
     )
@@ -230,7 +231,6 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
         name="faulty",
         storage_path=str(tmp_path),
         callbacks=(train.rows_callback("faulty", str(rows)),),
-        max_failures=2,
     )
     result = trainer.fit()
     killer.join(timeout=10)
