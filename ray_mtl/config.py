@@ -35,10 +35,12 @@ def check(cond: bool, field: str, expected: str, got: Any) -> None:
 
 
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file with ``yaml.safe_load``; errors name the file (and line where known)."""
-    path = Path(path)
+    """Read a YAML file (a path or a storage URI) with ``yaml.safe_load``; errors name the file
+    (and line where known)."""
+    from ray_mtl.storage import read_text  # pyarrow: only when a file is read
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -116,6 +116,31 @@ def read_parquet(uri: str) -> pa.Table:
     return pq.read_table(path, filesystem=fs)
 
 
+def write_text(uri: str, text: str) -> None:
+    """Write text to a local path (temp file + rename) or a URI (object PUTs are atomic)."""
+    if "://" not in uri:
+        atomic_write_text(uri, text)
+        return
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def read_text(uri: str | Path) -> str:
+    """UTF-8 text of a local path or a URI (FileNotFoundError if there is none)."""
+    if "://" not in str(uri):
+        return Path(uri).read_text(encoding="utf-8")
+    fs, path = filesystem(str(uri))
+    with fs.open_input_stream(path) as f:
+        return f.read().decode("utf-8")
+
+
+def is_file(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; on success it replaces ``final`` in one rename.

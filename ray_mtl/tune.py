@@ -32,7 +32,7 @@ from ray_mtl.config import SpaceConfig, TrainConfig, check, from_dict, load, to_
 from ray_mtl.errors import UserError, cli
 from ray_mtl.frontier import SCHEMA
 from ray_mtl.plan import Plan, Segment, describe, naive, plan
-from ray_mtl.storage import ensure_writable_dir, filesystem
+from ray_mtl.storage import ensure_writable_dir, filesystem, is_file, write_text
 
 
 def segment_config(space: SpaceConfig, seg: Segment, sweep_uri: str) -> TrainConfig:
@@ -213,7 +213,7 @@ def _tree_progress_callback(plan_: Plan, sweep_uri: str):
 
         def _mark(self, trial, event: str) -> None:
             self.timeline.setdefault(trial.config["segment"], {})[event] = time.time()
-            _write_text(f"{sweep_uri}/timeline.json", json.dumps(self.timeline, indent=1))
+            write_text(f"{sweep_uri}/timeline.json", json.dumps(self.timeline, indent=1))
 
         def _print(self) -> None:
             done = sum(self.steps.values())
@@ -237,11 +237,10 @@ def collect_results(space: SpaceConfig, plan_: Plan, sweep_uri: str, manifest_ha
 
     from ray_mtl.storage import read_parquet, write_parquet
 
-    fs, root = filesystem(sweep_uri)
     tables, ends = [], {}
     for seg in plan_.segments.values():
         uri = f"{sweep_uri}/segments/{seg.id}/metrics.parquet"
-        if fs.get_file_info(f"{root}/segments/{seg.id}/metrics.parquet").type.name != "File":
+        if not is_file(uri):
             continue
         t = read_parquet(uri)
         tables.append(t)
@@ -294,30 +293,6 @@ def check_tasks(space: SpaceConfig, source: str) -> None:
                     f"{source}: tasks.{group}[{i}]: unknown task {task!r} "
                     f"(expected one of {', '.join(known)}, or a data.custom_tasks entry)"
                 )
-
-
-def _read_yaml(uri: str) -> Any:
-    fs, path = filesystem(uri)
-    try:
-        with fs.open_input_stream(path) as f:
-            return yaml.safe_load(f.read().decode("utf-8"))
-    except (FileNotFoundError, OSError):
-        raise UserError(
-            f"{uri}: not found (is this a sweep dir written by ray_mtl.tune?)"
-        ) from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{uri}: invalid YAML ({e})") from None
-
-
-def _write_text(uri: str, text: str) -> None:
-    from ray_mtl.storage import atomic_write_text
-
-    if "://" not in uri:
-        atomic_write_text(uri, text)
-        return
-    fs, path = filesystem(uri)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
 
 
 def sweep_uri_of(space: SpaceConfig) -> str:
@@ -382,9 +357,9 @@ def run_sweep(
     tree = naive(space) if no_sharing else plan(space)
     sweep_uri = sweep_uri_of(space)
     prepared = validate(segment_config(space, next(iter(tree.segments.values())), sweep_uri))
-    _write_text(f"{sweep_uri}/space.yaml", yaml.safe_dump(to_dict(space), sort_keys=False))
-    _write_text(f"{sweep_uri}/plan.json", json.dumps(tree.to_dict(), indent=1))
-    _write_text(
+    write_text(f"{sweep_uri}/space.yaml", yaml.safe_dump(to_dict(space), sort_keys=False))
+    write_text(f"{sweep_uri}/plan.json", json.dumps(tree.to_dict(), indent=1))
+    write_text(
         f"{sweep_uri}/results.json",
         json.dumps({"schema": SCHEMA, "name": space.name, "manifest_hash": prepared.manifest_hash}),
     )
@@ -453,7 +428,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("give exactly one of --space FILE or --resume SWEEP_DIR")
     if args.resume:
         sweep = args.resume.rstrip("/")
-        space = from_dict(SpaceConfig, _read_yaml(f"{sweep}/space.yaml"), f"{sweep}/space.yaml")
+        space_file = f"{sweep}/space.yaml"
+        if not is_file(space_file):
+            raise UserError(
+                f"{space_file}: not found (is this a sweep dir written by ray_mtl.tune?)"
+            )
+        space = load(SpaceConfig, space_file)
         space.storage = sweep.rsplit("/", 1)[0] if "/" in sweep else "."
     else:
         space = load(SpaceConfig, args.space)

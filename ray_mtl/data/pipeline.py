@@ -88,15 +88,20 @@ def prepare(cfg: DataConfig, *, verbose: bool = True) -> Prepared:
 # ----------------------------------------------------------------------------- stages
 
 
-def _clean(task: Task, cfg: DataConfig, stages: Path, log, built: list[str]) -> dict:
-    files = {split: [_file_info(p) for p in getattr(task, split)] for split in ("train", "test")}
-    settings = dict(
+def _clean_settings(cfg: DataConfig) -> dict:
+    """The settings a task's cleaned splits depend on."""
+    return dict(
         max_pairs=cfg.max_pairs,
         dev_size=cfg.dev_size,
         dev_fraction=cfg.dev_fraction,
         seed=cfg.seed,
         strict=cfg.strict,
     )
+
+
+def _clean(task: Task, cfg: DataConfig, stages: Path, log, built: list[str]) -> dict:
+    files = {split: [_file_info(p) for p in getattr(task, split)] for split in ("train", "test")}
+    settings = _clean_settings(cfg)
     key = _digest(
         [
             FORMAT,
@@ -303,14 +308,7 @@ def _manifest(key, cfg, tasks, cleaned, encoded, tok_key, tok_dir) -> dict:
     manifest = dict(
         format=FORMAT,
         key=key,
-        settings=dict(
-            max_pairs=cfg.max_pairs,
-            max_len=cfg.max_len,
-            dev_size=cfg.dev_size,
-            dev_fraction=cfg.dev_fraction,
-            seed=cfg.seed,
-            strict=cfg.strict,
-        ),
+        settings=_clean_settings(cfg) | {"max_len": cfg.max_len},
         tokenizer=dict(
             tok["settings"],
             hash=tok_key,

@@ -51,6 +51,7 @@ class Prepared:
         self.tasks: list[str] = list(manifest["task_order"])
         self.built: list[str] = []
         """Stages that ``prepare`` ran to produce this (empty: everything came from the cache)."""
+        self._shards: dict[tuple[str, str], pa.Table] = {}  # evaluation asks for dev each time
 
     def __repr__(self) -> str:
         return f"Prepared({str(self.root)!r}, tasks={self.tasks})"
@@ -77,7 +78,10 @@ class Prepared:
         self._task(task)
         if split not in SPLITS:
             raise UserError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
-        return pq.read_table(self.root / "shards" / task / f"{split}.parquet", memory_map=True)
+        if (task, split) not in self._shards:
+            path = self.root / "shards" / task / f"{split}.parquet"
+            self._shards[task, split] = pq.read_table(path, memory_map=True)
+        return self._shards[task, split]
 
     def size(self, task: str) -> int:
         """Training pairs of ``task``."""
