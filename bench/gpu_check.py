@@ -2,12 +2,15 @@
 
     python -m bench.gpu_check --data-dir D --cache C --out $OUT/gpu_check.json   # on the GPU
     .venv/bin/python -m bench.gpu_check --device cpu --preset tiny --steps 6 --every 2 \\
-        --runs eager:1024 --out bench/out/gpu_check_cpu.json                    # smoke test
+        --runs eager:1024,eager:1024:128 --reference 0 --out bench/out/gpu_check_cpu.json
 
-Each run is ``ray_mtl.train.run`` (world size 1, no Ray) with ``resources.use_gpu`` (bf16
-autocast, fused AdamW) on eng-fra + eng-ron, evaluating every ``--every`` steps. Throughput is
-the median of the trainer's own ``tokens_per_s`` over the intervals after the first (which holds
-start-up and compilation); evaluation is outside every interval.
+Each run (``--runs``, ``mode:batch_tokens[:pack_length]``) is ``ray_mtl.train.run`` (world size
+1, no Ray) with ``resources.use_gpu`` (bf16 autocast, fused AdamW) on eng-fra + eng-ron,
+evaluating every ``--every`` steps; ``pack_length`` packs pairs into fixed-shape rows. Throughput
+is the median of the trainer's own ``tokens_per_s`` (real source + target tokens) over the
+intervals after the first (which holds start-up and compilation); evaluation is outside every
+interval. ``--reference B`` also times the model alone, compiled, on random [B, 64] -> [B, 64]
+batches (the issue's reference shape): the ceiling of this model on this GPU.
 
 MFU counts the matmul FLOPs of the batches the run actually trains on (the sampler's stream is
 deterministic, so it is replayed here for their padded shapes): forward + backward = 3 × 2 × MACs,
@@ -67,8 +70,9 @@ def stream_shapes(cfg: TrainConfig, steps: int) -> dict[str, float]:
     for t in prepared.tasks:
         shard = prepared.shard(t, "train")
         columns[t] = (shard.column("src"), shard.column("tgt"))
+    w = rates(sizes, cfg.phases[0].mixture)
     sampler = MixtureSampler(
-        columns, rates(sizes, cfg.phases[0].mixture), cfg.batch_tokens, seed=cfg.seed
+        columns, w, cfg.batch_tokens, seed=cfg.seed, pack_length=cfg.pack_length
     )
     model = Transformer(cfg.model, prepared.vocab_size)
     flops = src_real = tgt_real = 0.0
@@ -86,7 +90,7 @@ def stream_shapes(cfg: TrainConfig, steps: int) -> dict[str, float]:
     }
 
 
-def one_run(args, mode: str, batch_tokens: int, root: Path) -> dict:
+def one_run(args, mode: str, batch_tokens: int, pack_length: int, root: Path) -> dict:
     cfg = TrainConfig(
         phases=[PhaseConfig(steps=args.steps, name="bench")],
         data=DataConfig(tasks=["eng-fra", "eng-ron"], data_dir=args.data_dir, out_dir=args.cache),
@@ -94,8 +98,9 @@ def one_run(args, mode: str, batch_tokens: int, root: Path) -> dict:
         eval=EvalConfig(every=args.every, pairs=100, bleu_pairs=0, test_at_end=False),
         resources=ResourcesConfig(use_gpu=args.device == "cuda"),
         batch_tokens=batch_tokens,
+        pack_length=pack_length,
         compile=mode == "compile",
-        run_dir=str(root / f"{mode}_{batch_tokens}"),
+        run_dir=str(root / f"{mode}_{batch_tokens}_{pack_length}"),
     )
     start = time.perf_counter()
     train.run(cfg)
@@ -109,6 +114,7 @@ def one_run(args, mode: str, batch_tokens: int, root: Path) -> dict:
     return {
         "mode": mode,
         "batch_tokens": batch_tokens,
+        "pack_length": pack_length,
         "steps": args.steps,
         "wall_s": round(wall, 1),
         "tokens_per_s": round(tokens_per_s),
@@ -123,15 +129,57 @@ def one_run(args, mode: str, batch_tokens: int, root: Path) -> dict:
     }
 
 
+def reference(args, rows: int, length: int = 64, steps: int = 30) -> dict:
+    """The model alone, compiled, on fixed random [rows, length] batches (no PAD, no masks)."""
+    device = torch.device(args.device)
+    cfg = ModelConfig(preset=args.preset)
+    vocab = 8000
+    torch.manual_seed(0)
+    model = Transformer(cfg, vocab).to(device)
+    step_model = torch.compile(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.device == "cuda")
+    src, tgt_in, tgt_out = torch.randint(4, vocab, (3, rows, length), device=device)
+    autocast = torch.autocast(args.device, dtype=torch.bfloat16)
+
+    def step() -> None:
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(
+                step_model(src, tgt_in).flatten(0, 1).float(), tgt_out.flatten()
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):  # compile and warm up
+        step()
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    seconds = (time.perf_counter() - start) / steps
+    flops = step_flops(cfg, vocab, rows, length, length)
+    return {
+        "mode": "reference",
+        "batch": [rows, length],
+        "step_ms": round(1000 * seconds, 2),
+        "tokens_per_s": round(2 * rows * length / seconds),
+        "tflops": round(flops / seconds / 1e12, 1),
+        "mfu": round(flops / seconds / PEAK_BF16, 4),
+        "mfu_6pt": round(6 * model.num_params() * rows * length / seconds / PEAK_BF16, 4),
+    }
+
+
 def profile(args, root: Path, path: Path) -> None:
-    """Where a step's time goes: torch.profiler over 10 eager steps, top ops by CPU and GPU."""
+    """Where a step's time goes: torch.profiler over 10 steps of run ``--profile``, top ops."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     steps, args.steps = args.steps, 10
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
     with torch_profile(activities=activities) as prof:
-        one_run(args, "eager", 65536, root)
+        one_run(args, *parse(args.profile), root)
     args.steps = steps
     table = prof.key_averages()
     sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
@@ -144,6 +192,12 @@ def profile(args, root: Path, path: Path) -> None:
     print(text[:6000])
 
 
+def parse(spec: str) -> tuple[str, int, int]:
+    """``mode:batch_tokens[:pack_length]`` -> (mode, batch_tokens, pack_length)."""
+    mode, tokens, *pack = spec.split(":")
+    return mode, int(tokens), int(pack[0]) if pack else 0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -151,12 +205,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=90)
     p.add_argument("--every", type=int, default=30, help="steps per timed interval")
     p.add_argument(
-        "--runs", default="eager:65536,compile:65536", help="mode:batch_tokens, comma-separated"
+        "--runs",
+        default="eager:65536,eager:65536:128,compile:65536:128,compile:131072:128",
+        help="mode:batch_tokens[:pack_length], comma-separated",
     )
+    p.add_argument("--reference", type=int, default=512, help="rows of the reference (0: skip)")
     p.add_argument("--data-dir", help="corpus root (default: ../shared/data)")
     p.add_argument("--cache", help="prepared-data dir (default: a temp dir)")
     p.add_argument("--out", default="bench/out/gpu_check.json")
-    p.add_argument("--profile", action="store_true", help="also profile 10 eager steps")
+    p.add_argument("--profile", metavar="SPEC", help="also profile 10 steps of this run")
     args = p.parse_args()
     args.cache = args.cache or tempfile.mkdtemp(prefix="gpu-check-data-")
     result = {
@@ -168,13 +225,16 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for spec in args.runs.split(","):
-        mode, tokens = spec.split(":")
+    specs = args.runs.split(",")
+    jobs = [(spec, lambda spec=spec: one_run(args, *parse(spec), root)) for spec in specs]
+    if args.reference:
+        jobs.append((f"reference:{args.reference}", lambda: reference(args, args.reference)))
+    for spec, job in jobs:
         try:
-            run = one_run(args, mode, int(tokens), root)
+            run = job()
         except Exception as e:  # record and go on: one device call must bring back every run
             traceback.print_exc()
-            run = {"mode": mode, "batch_tokens": int(tokens), "error": repr(e)}
+            run = {"spec": spec, "error": repr(e)}
         result["runs"].append(run)
         print(json.dumps(run), flush=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
@@ -182,8 +242,9 @@ def main() -> None:
         profile(args, root, out.with_name("gpu_profile.txt"))
     for run in result["runs"]:
         if "mfu" in run:
+            shape = run.get("batch") or f"{run['batch_tokens']}:{run['pack_length']}"
             print(
-                f"{run['mode']:>8} {run['batch_tokens']:>7} tok/batch: "
+                f"{run['mode']:>9} {shape!s:>12}: "
                 f"{run['tokens_per_s']:>12,} tok/s  {run['step_ms']:7.1f} ms/step  "
                 f"{run['tflops']:6.1f} TFLOP/s  MFU {run['mfu']:.1%} (6PT {run['mfu_6pt']:.1%})"
             )

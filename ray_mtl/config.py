@@ -454,6 +454,11 @@ class TrainConfig:
     """A fork checkpoint (path or URI) to start from; its step becomes the start step."""
     run_dir: str = "runs/train"
     """Where metrics and checkpoints go (a local dir or a storage URI)."""
+    pack_length: int = 0
+    """0: batches of length-bucketed, padded rows. N > 0: pack several pairs into rows of N
+    source and N target tokens, ``batch_tokens // (2 N)`` rows per batch (attention stays within a
+    pair): fixed shapes and little padding, for GPUs and ``compile``. From data.max_len to
+    model.max_len."""
     compile: bool = False
     """``torch.compile`` the training forward (worth it on GPU; evaluation stays eager)."""
     max_failures: int = 0
@@ -462,6 +467,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check(len(self.phases) > 0, "phases", "at least one phase", self.phases)
         check(self.batch_tokens >= 16, "batch_tokens", "an integer >= 16", self.batch_tokens)
+        if self.pack_length:
+            lo, hi = self.data.max_len, self.model.max_len
+            ok = lo <= self.pack_length <= hi and 2 * self.pack_length <= self.batch_tokens
+            expected = f"0 or from data.max_len={lo} to model.max_len={hi}, at most batch_tokens/2"
+            check(ok, "pack_length", expected, self.pack_length)
         for name in ("fork_steps", "eval_steps"):
             steps = getattr(self, name)
             check(all(s > 0 for s in steps), name, "positive steps", steps)

@@ -17,6 +17,11 @@ and cut into batches whose padded size ``n * (max_src + max_tgt)`` stays within 
 and the batches are served in a shuffled order. Sorting keeps padding low; the task draw stays
 i.i.d., so realized rates match the targets (a single batch is not a sample of the mixture).
 
+Packed batches (``pack_length=N``): pairs are packed in draw order into rows of N source and N
+target tokens (first fit among the 8 newest rows), ``batch_tokens // (2 N)`` rows
+per batch. Every batch has the same shape, which is what ``torch.compile`` and a GPU want; the
+``src_seg``/``tgt_seg`` ids say which pair each position belongs to.
+
 DDP: ``batch_tokens`` is the global budget. Every rank simulates the same global stream and
 takes rows ``[rank::world_size]`` of each global batch, so 2 ranks see exactly the examples of
 1 rank with the same budget (a global batch always has at least ``world_size`` examples).
@@ -124,9 +129,26 @@ class Batch:
     tgt_out: torch.Tensor
     """[B, T] decoder labels: the target (ending with EOS)."""
     task_ids: torch.Tensor
-    """[B] index of each row's task in ``MixtureSampler.tasks``."""
+    """[B, T] index in ``MixtureSampler.tasks`` of the task of each target position."""
     n_tokens: int
     """Non-pad target tokens in this batch."""
+    src_seg: torch.Tensor | None = None
+    """Packed rows only, [B, S]: 1, 2, ... for the row's first, second, ... pair; 0 at PAD."""
+    tgt_seg: torch.Tensor | None = None
+    """Packed rows only, [B, T]: as ``src_seg``, for the targets."""
+
+    def to(self, device: torch.device) -> Batch:
+        """The tensors on ``device``; from pinned memory and without waiting on a GPU."""
+        import torch
+
+        on_gpu = device.type == "cuda"
+
+        def move(x: Any) -> Any:
+            if not isinstance(x, torch.Tensor):
+                return x
+            return (x.pin_memory() if on_gpu else x).to(device, non_blocking=True)
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
 def _flat(col: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -168,11 +190,16 @@ class _Task:
         self.epoch, self.pos = epoch, pos
         self._perm = np.random.default_rng([*self._key, epoch]).permutation(self.n)
 
-    def next(self) -> int:
+    def peek(self) -> int:
+        """The next example, without taking it."""
         if self.pos == self.n:
             self.seek(self.epoch + 1, 0)
+        return int(self._perm[self.pos])
+
+    def next(self) -> int:
+        i = self.peek()
         self.pos += 1
-        return int(self._perm[self.pos - 1])
+        return i
 
 
 class MixtureSampler:
@@ -183,6 +210,9 @@ class MixtureSampler:
     ``self.tasks`` (the order of ``tasks``).
     """
 
+    OPEN_ROWS = 8
+    """Packing: rows still open for a pair that fits (the rest are closed)."""
+
     def __init__(
         self,
         tasks: dict[str, tuple[Any, Any]],
@@ -192,6 +222,7 @@ class MixtureSampler:
         rank: int = 0,
         world_size: int = 1,
         pool_batches: int = 16,
+        pack_length: int = 0,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
@@ -202,6 +233,10 @@ class MixtureSampler:
         self.rank = rank
         self.world_size = world_size
         self.pool_batches = pool_batches
+        self.pack_length = pack_length
+        # Packed: rows per global batch, a multiple of world_size so every rank has the same shape.
+        rows = max(1, batch_tokens // (2 * pack_length)) if pack_length else 0
+        self._rows = -(-rows // world_size) * world_size
         self._examples = [0] * len(self.tasks)  # delivered (whole global batch), for accounting
         self._tokens = [0] * len(self.tasks)
         self._pool_index = 0  # pool p draws from rng (seed, 0, p): a resume needs only p
@@ -236,6 +271,39 @@ class MixtureSampler:
     def _draw_pool(self) -> None:
         rng = np.random.default_rng([self.seed, 0, self._pool_index])
         self._snapshot = [(t.epoch, t.pos) for t in self._data]
+        self._pool = self._draw_packed(rng) if self.pack_length else self._draw_bucketed(rng)
+        self._consumed = 0
+
+    def _draw_packed(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """``pool_batches`` batches of (task, example, row in batch), filled in draw order."""
+        n, limit = self.pack_length, self.pool_batches * self._rows
+        out, rows = [], 0
+        open_rows: list[list[int]] = []  # [row, source tokens, target tokens], newest last
+        while True:
+            for k in rng.choice(len(self.tasks), size=1024, p=self._p).tolist():
+                task = self._data[k]
+                i = task.peek()
+                s, t = int(task.src_len[i]), int(task.tgt_len[i])
+                if s > n or t > n:
+                    raise UserError(
+                        f"pack_length: expected at least the longest pair ({s} source, {t} "
+                        f"target tokens in task {self.tasks[k]}), got {n}"
+                    )
+                # First fit among the last few rows: 0.9+ of a row is tokens, at ~1 us a pair.
+                place = next((r for r in open_rows if r[1] + s <= n and r[2] + t <= n), None)
+                if place is None:
+                    if rows == limit:  # the pair stays first in its task's stream
+                        entries = np.array(out, dtype=np.int64)
+                        entries = entries[np.argsort(entries[:, 2], kind="stable")]
+                        batch, entries[:, 2] = np.divmod(entries[:, 2], self._rows)
+                        return [entries[batch == b] for b in range(self.pool_batches)]
+                    place, rows = [rows, 0, 0], rows + 1
+                    open_rows = [*open_rows[-(self.OPEN_ROWS - 1) :], place]
+                out.append((k, task.next(), place[0]))
+                place[1], place[2] = place[1] + s, place[2] + t
+
+    def _draw_bucketed(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """Batches of (task, example) drawn to a token budget, sorted by length and cut."""
         rows, src_len, tgt_len = [], [], []
         cost, budget = 0, self.pool_batches * self.batch_tokens
         while cost < budget or len(rows) < self.world_size:
@@ -263,8 +331,7 @@ class MixtureSampler:
             batches[-1].extend(cur)
         else:
             batches.append(cur)
-        self._pool = [rows[batches[b]] for b in rng.permutation(len(batches)).tolist()]
-        self._consumed = 0
+        return [rows[batches[b]] for b in rng.permutation(len(batches)).tolist()]
 
     def next_batch(self) -> Batch:
         """This rank's share of the next global batch."""
@@ -280,6 +347,9 @@ class MixtureSampler:
             self._examples[k] += len(idx)
             self._phase_examples[k] += len(idx)
             self._tokens[k] += int(t.src_len[idx].sum() + t.tgt_len[idx].sum())
+        if self.pack_length:
+            mine = rows[rows[:, 2] % self.world_size == self.rank]
+            return self._packed(mine[:, :2], mine[:, 2] // self.world_size)
         return self._tensors(rows[self.rank :: self.world_size])
 
     def _tensors(self, rows: np.ndarray) -> Batch:
@@ -308,8 +378,55 @@ class MixtureSampler:
             src=torch.from_numpy(src),
             tgt_in=torch.from_numpy(tgt_in),
             tgt_out=torch.from_numpy(tgt_out),
-            task_ids=torch.from_numpy(rows[:, 0].copy()),
+            task_ids=torch.from_numpy(np.repeat(rows[:, :1], tgt_out.shape[1], axis=1)),
             n_tokens=int(tgt_len.sum()),
+        )
+
+    def _packed(self, pairs: np.ndarray, row: np.ndarray) -> Batch:
+        """(task, example) pairs placed in ``row`` (in order within a row) -> a packed Batch."""
+        import torch
+
+        shape = (self._rows // self.world_size, self.pack_length)
+        # Where each pair starts in its row: its offset from the row's first pair.
+        first = np.r_[True, row[1:] != row[:-1]]
+        seg = np.arange(len(row)) - np.maximum.accumulate(np.where(first, np.arange(len(row)), 0))
+        out = {}
+        for side in ("src", "tgt"):
+            length = np.empty(len(pairs), dtype=np.int64)
+            for k, t in enumerate(self._data):
+                sel = pairs[:, 0] == k
+                length[sel] = getattr(t, f"{side}_len")[pairs[sel, 1]]
+            end = np.cumsum(length)
+            start = end - length
+            start -= start[np.flatnonzero(first)][np.cumsum(first) - 1]  # per row
+            # One entry per token: its pair, its column in the row, its index within the pair.
+            pair = np.repeat(np.arange(len(pairs)), length)
+            within = np.arange(end[-1] if len(end) else 0) - np.repeat(end - length, length)
+            col = start[pair] + within
+            values = np.empty(len(pair), dtype=np.int64)
+            for k, t in enumerate(self._data):
+                sel = pairs[pair, 0] == k
+                vals, offs = getattr(t, side), getattr(t, f"{side}_off")
+                values[sel] = vals[offs[pairs[pair[sel], 1]] + within[sel]]
+            grid = np.full(shape, PAD, dtype=np.int64)
+            grid[row[pair], col] = values
+            segs = np.zeros(shape, dtype=np.int64)
+            segs[row[pair], col] = seg[pair] + 1
+            out[side], out[f"{side}_seg"] = grid, segs
+            if side == "tgt":
+                tgt_in = np.full(shape, PAD, dtype=np.int64)
+                tgt_in[row[pair], col] = np.where(within == 0, BOS, np.roll(values, 1))
+                task_ids = np.zeros(shape, dtype=np.int64)
+                task_ids[row[pair], col] = pairs[pair, 0]
+                n_tokens = len(values)
+        return Batch(
+            src=torch.from_numpy(out["src"]),
+            tgt_in=torch.from_numpy(tgt_in),
+            tgt_out=torch.from_numpy(out["tgt"]),
+            task_ids=torch.from_numpy(task_ids),
+            n_tokens=n_tokens,
+            src_seg=torch.from_numpy(out["src_seg"]),
+            tgt_seg=torch.from_numpy(out["tgt_seg"]),
         )
 
     # -- state and accounting -----------------------------------------------------------------
@@ -324,6 +441,7 @@ class MixtureSampler:
             "batch_tokens": self.batch_tokens,
             "world_size": self.world_size,
             "pool_batches": self.pool_batches,
+            "pack_length": self.pack_length,
             "rates": dict(self._rates),
             "pool_index": self._pool_index,
             "pool_active": active,
@@ -335,7 +453,7 @@ class MixtureSampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("tasks", "seed", "batch_tokens", "world_size", "pool_batches"):
+        for key in ("tasks", "seed", "batch_tokens", "world_size", "pool_batches", "pack_length"):
             if state[key] != getattr(self, key):
                 raise UserError(
                     f"sampler state: saved with {key}={state[key]!r}, "

@@ -12,7 +12,8 @@ parameter takes part in ``forward`` (DDP without ``find_unused_parameters``); no
 a key/value cache.
 
 Token ids: PAD 0 (ignored by the loss and masked out of attention), BOS 2, EOS 3. Sequences are
-right-padded.
+right-padded. Packed rows (several pairs per row, see ``mixture``) come with segment ids: attention
+stays within a pair and positions restart at each pair.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ class DecoderLayer(nn.Module):
         memory: torch.Tensor,
         mask: torch.Tensor,
         cache: dict | None = None,
+        self_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """mask: cross-attention [B, 1, 1 or T, S]; self_mask: packed rows only, else causal."""
         h = self.ln1(x)
         kv = self.self_attn.project_kv(h)
         if cache is not None:
@@ -121,7 +124,8 @@ class DecoderLayer(nn.Module):
                 kv = tuple(torch.cat(pair, dim=2) for pair in zip(cache["self"], kv, strict=True))
             cache["self"] = kv
         # With a cache, x is the single newest token: it may attend to every cached position.
-        x = x + self.drop(self.self_attn(h, kv, is_causal=cache is None))
+        causal = cache is None and self_mask is None
+        x = x + self.drop(self.self_attn(h, kv, mask=self_mask, is_causal=causal))
         if cache is not None and "cross" in cache:
             cross_kv = cache["cross"]
         else:
@@ -130,6 +134,22 @@ class DecoderLayer(nn.Module):
                 cache["cross"] = cross_kv
         x = x + self.drop(self.cross_attn(self.ln2(x), cross_kv, mask=mask))
         return x + self.drop(self.mlp(self.ln3(x)))
+
+
+def same_segment(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Attention mask [B, 1, Tq, Tk] of packed rows: a position sees its own pair's positions.
+
+    PAD positions (segment 0) see everything, so that no row of the softmax is empty (NaN).
+    """
+    return ((q[:, :, None] == k[:, None, :]) | (q == 0)[:, :, None])[:, None]
+
+
+def segment_positions(seg: torch.Tensor) -> torch.Tensor:
+    """Positions that restart at 0 where the segment id changes: [B, T] -> [B, T]."""
+    idx = torch.arange(seg.size(1), device=seg.device).expand_as(seg)
+    starts = torch.ones_like(seg, dtype=torch.bool)
+    starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
+    return idx - torch.where(starts, idx, 0).cummax(dim=1).values
 
 
 def sinusoids(length: int, dim: int) -> torch.Tensor:
@@ -162,18 +182,20 @@ class Transformer(nn.Module):
             # Unit-variance inputs after the sqrt(d_model) scale.
             nn.init.normal_(module.weight, std=self.cfg.d_model**-0.5)
 
-    def _embed(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def _embed(self, ids: torch.Tensor, start: int = 0, seg: torch.Tensor | None = None):
         end = start + ids.size(1)
         if end > self.cfg.max_len:
             raise ValueError(f"sequence of {end} tokens exceeds model max_len={self.cfg.max_len}")
-        x = self.embed(ids) * math.sqrt(self.cfg.d_model) + self.pos[start:end]
-        return self.drop(x)
+        pos = self.pos[start:end] if seg is None else self.pos[segment_positions(seg)]
+        return self.drop(self.embed(ids) * math.sqrt(self.cfg.d_model) + pos)
 
-    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, src: torch.Tensor, seg: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """src [B, S] -> (memory [B, S, D], src_pad_mask [B, S], True at PAD)."""
         src_pad_mask = src == PAD
-        mask = ~src_pad_mask[:, None, None, :]
-        x = self._embed(src)
+        mask = ~src_pad_mask[:, None, None, :] if seg is None else same_segment(seg, seg)
+        x = self._embed(src, seg=seg)
         for layer in self.encoder:
             x = layer(x, mask)
         return self.encoder_ln(x), src_pad_mask
@@ -195,14 +217,32 @@ class Transformer(nn.Module):
         x = self._embed(tgt_in, start)
         for i, layer in enumerate(self.decoder):
             x = layer(x, memory, mask, None if cache is None else cache[i])
+        return self._logits(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         # Tied weights: scale back by 1/sqrt(d_model) (as T5 does), so that logits start near
         # zero instead of favouring a copy of the input token.
         x = self.decoder_ln(x) * self.cfg.d_model**-0.5
         return F.linear(x, self.embed.weight)
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        memory, src_pad_mask = self.encode(src)
-        return self.decode(tgt_in, memory, src_pad_mask)
+    def forward(
+        self,
+        src: torch.Tensor,
+        tgt_in: torch.Tensor,
+        src_seg: torch.Tensor | None = None,
+        tgt_seg: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, T, V]; ``src_seg``/``tgt_seg`` (both or neither) for packed rows."""
+        memory, src_pad_mask = self.encode(src, src_seg)
+        if src_seg is None:
+            return self.decode(tgt_in, memory, src_pad_mask)
+        causal = torch.ones(tgt_in.size(1), tgt_in.size(1), dtype=torch.bool, device=src.device)
+        self_mask = same_segment(tgt_seg, tgt_seg) & causal.tril()
+        cross = same_segment(tgt_seg, src_seg)
+        x = self._embed(tgt_in, seg=tgt_seg)
+        for layer in self.decoder:
+            x = layer(x, memory, cross, self_mask=self_mask)
+        return self._logits(x)
 
     def new_cache(self) -> Cache:
         return [{} for _ in self.decoder]
@@ -218,14 +258,20 @@ def loss_fn(
 
     Sums rather than means so that callers can all-reduce both and divide once.
     """
-    loss = F.cross_entropy(
+    return token_losses(logits, tgt_out, label_smoothing).sum(), (tgt_out != PAD).sum()
+
+
+def token_losses(
+    logits: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy of every target position [B, T], in float32; 0 at PAD."""
+    return F.cross_entropy(
         logits.float().flatten(0, 1),
         tgt_out.flatten(),
         ignore_index=PAD,
-        reduction="sum",
+        reduction="none",
         label_smoothing=label_smoothing,
-    )
-    return loss, (tgt_out != PAD).sum()
+    ).view_as(tgt_out)
 
 
 # --------------------------------------------------------------------------------------------

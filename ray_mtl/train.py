@@ -29,14 +29,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from ray_mtl import data as data_lib
 from ray_mtl.config import TrainConfig, check, from_dict, load, to_dict
 from ray_mtl.errors import UserError, cli
 from ray_mtl.evaluate import evaluate_task
 from ray_mtl.mixture import MixtureSampler, rates
-from ray_mtl.model import Transformer
+from ray_mtl.model import Transformer, token_losses
 from ray_mtl.schedule import Schedule
 from ray_mtl.storage import atomic_write_bytes, atomic_write_json, filesystem
 
@@ -131,10 +130,13 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[worker.device.index] if on_gpu else None
         )
+    losses = token_losses
     if cfg.compile:
-        # Batch shapes change every step (token-budgeted batches): compile for dynamic shapes
-        # once instead of recompiling per shape.
-        model = torch.compile(model, dynamic=True)
+        # Packed batches have one shape; bucketed ones change shape every step, so compile for
+        # dynamic shapes once instead of recompiling per shape.
+        model = torch.compile(model, dynamic=not cfg.pack_length)
+        # Fused with the float upcast: never materialises float32 logits.
+        losses = torch.compile(token_losses, dynamic=not cfg.pack_length)
 
     def new_optimizer() -> torch.optim.Optimizer:
         return torch.optim.AdamW(
@@ -154,6 +156,7 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
         seed=cfg.seed,
         rank=worker.rank,
         world_size=worker.world_size,
+        pack_length=cfg.pack_length,
     )
 
     # Where this run starts: fresh, from a fork checkpoint of another segment, or from its own
@@ -217,10 +220,7 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
         # Counted on the host and copied from pinned memory: nothing in a step waits for the
         # GPU, so the sampler builds the next batch while this one runs.
         tokens_seen += int((batch.src != data_lib.PAD).sum()) + batch.n_tokens
-        src, tgt_in, tgt_out, task_ids = (
-            (x.pin_memory() if on_gpu else x).to(worker.device, non_blocking=True)
-            for x in (batch.src, batch.tgt_in, batch.tgt_out, batch.task_ids)
-        )
+        batch = batch.to(worker.device)
         # Normalise by the tokens of the whole global batch so that N workers take exactly the
         # step that one worker would take on the same examples (DDP averages over ranks).
         n_global: torch.Tensor | int = max(batch.n_tokens, 1)
@@ -229,14 +229,8 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
             dist.all_reduce(n_global)
             n_global = n_global.clamp(min=1)
         with autocast:
-            logits = model(src, tgt_in)
-        per_token = F.cross_entropy(
-            logits.float().flatten(0, 1),
-            tgt_out.flatten(),
-            ignore_index=data_lib.PAD,
-            reduction="none",
-            label_smoothing=cfg.optim.label_smoothing,
-        ).view_as(tgt_out)
+            logits = model(batch.src, batch.tgt_in, batch.src_seg, batch.tgt_seg)
+        per_token = losses(logits, batch.tgt_out, cfg.optim.label_smoothing)
         loss = per_token.sum() * worker.world_size / n_global
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -244,9 +238,9 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
 
-        mask = (tgt_out != data_lib.PAD).float()
-        loss_sum.index_add_(0, task_ids, per_token.detach().sum(1))
-        loss_tokens.index_add_(0, task_ids, mask.sum(1))
+        task_ids = batch.task_ids.flatten()
+        loss_sum.index_add_(0, task_ids, per_token.detach().flatten())
+        loss_tokens.index_add_(0, task_ids, (batch.tgt_out != data_lib.PAD).flatten().float())
 
         done = step + 1
         if done not in eval_at:

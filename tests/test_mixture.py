@@ -140,12 +140,16 @@ def shards(shared_data, tmp_path_factory):
 
 
 def rows(batch, tasks):
-    """The examples of a batch as comparable tuples (task, src ids, tgt ids)."""
+    """The examples of a batch (packed or not) as comparable tuples (task, src ids, tgt ids)."""
     out = []
-    for r in range(len(batch.task_ids)):
-        src = batch.src[r][batch.src[r] != PAD].tolist()
-        tgt = batch.tgt_out[r][batch.tgt_out[r] != PAD].tolist()
-        out.append((tasks[batch.task_ids[r]], tuple(src), tuple(tgt)))
+    for r in range(batch.src.size(0)):
+        packed = batch.src_seg is not None
+        src_seg = batch.src_seg[r] if packed else (batch.src[r] != PAD).long()
+        tgt_seg = batch.tgt_seg[r] if packed else (batch.tgt_out[r] != PAD).long()
+        for k in sorted(set(tgt_seg.tolist()) - {0}):
+            src, tgt = batch.src[r][src_seg == k], batch.tgt_out[r][tgt_seg == k]
+            task = tasks[batch.task_ids[r][tgt_seg == k][0]]
+            out.append((task, tuple(src.tolist()), tuple(tgt.tolist())))
     return out
 
 
@@ -155,7 +159,7 @@ def test_batch_layout_and_budget(shards):
         b = s.next_batch()
         assert b.src.dtype == b.tgt_in.dtype == b.tgt_out.dtype == b.task_ids.dtype == torch.long
         n, t = b.tgt_out.shape
-        assert b.src.shape[0] == n == b.tgt_in.shape[0] == b.task_ids.shape[0]
+        assert b.src.shape[0] == n == b.tgt_in.shape[0] and b.task_ids.shape == (n, t)
         assert n * (b.src.shape[1] + t) <= 512
         assert (b.tgt_in[:, 0] == BOS).all()
         shifted = b.tgt_out[:, :-1]
@@ -163,6 +167,36 @@ def test_batch_layout_and_budget(shards):
         lengths = (b.tgt_out != PAD).sum(1)
         assert (b.tgt_out[torch.arange(n), lengths - 1] == EOS).all()
         assert b.n_tokens == int(lengths.sum())
+
+
+def test_packed_batch_layout(shards):
+    s = MixtureSampler(shards, {"fra": 0.5, "ron": 0.3, "ind": 0.2}, 1024, seed=0, pack_length=64)
+    for _ in range(30):
+        b = s.next_batch()
+        assert b.src.shape == b.tgt_out.shape == b.tgt_in.shape == b.task_ids.shape == (8, 64)
+        assert b.src_seg.shape == b.tgt_seg.shape == (8, 64)
+        for x, seg in ((b.src, b.src_seg), (b.tgt_out, b.tgt_seg)):
+            assert torch.equal(seg == 0, x == PAD)  # pairs have no PAD inside them
+            # Segments 1, 2, ... in order, each contiguous, and PAD only at the end of a row.
+            assert (seg[:, 1:] - seg[:, :-1] >= 0).logical_or(seg[:, 1:] == 0).all()
+            assert ((seg[:, 1:] - seg[:, :-1]).clamp(min=0) <= 1).all()
+        assert torch.equal(b.src_seg.amax(1), b.tgt_seg.amax(1))  # as many sources as targets
+        # Decoder input per pair: BOS, then the target shifted right by one.
+        starts = torch.ones_like(b.tgt_seg, dtype=torch.bool)
+        starts[:, 1:] = b.tgt_seg[:, 1:] != b.tgt_seg[:, :-1]
+        assert (b.tgt_in[starts & (b.tgt_seg > 0)] == BOS).all()
+        inner = ~starts[:, 1:] & (b.tgt_seg[:, 1:] > 0)
+        assert torch.equal(b.tgt_in[:, 1:][inner], b.tgt_out[:, :-1][inner])
+        assert b.n_tokens == int((b.tgt_out != PAD).sum())
+    # Most of a row is tokens (on these slices the sources run ~15% shorter than the targets).
+    assert padding_efficiency(s) > 0.8
+
+
+def test_packing_rejects_a_pair_longer_than_a_row(shards):
+    s = MixtureSampler(shards, {"fra": 1.0}, batch_tokens=512, seed=0, pack_length=8)
+    with pytest.raises(UserError, match="pack_length: expected at least the longest pair"):
+        for _ in range(20):
+            s.next_batch()
 
 
 def padding_efficiency(sampler, n=100):
@@ -179,17 +213,18 @@ def test_length_bucketing_reduces_padding(shards):
 
 
 @pytest.mark.parametrize(
-    "cfg",
+    "cfg, pack",
     [
-        dict(rule="explicit", rates={"fra": 0.6, "ron": 0.3, "ind": 0.1}),
-        dict(rule="temperature", temperature=5.0),
-        dict(rule="unimax", budget=60_000, max_epochs=4.0),
+        (dict(rule="explicit", rates={"fra": 0.6, "ron": 0.3, "ind": 0.1}), 0),
+        (dict(rule="explicit", rates={"fra": 0.6, "ron": 0.3, "ind": 0.1}), 64),
+        (dict(rule="temperature", temperature=5.0), 0),
+        (dict(rule="unimax", budget=60_000, max_epochs=4.0), 0),
     ],
 )
-def test_realized_rates_match_targets(shards, cfg):
+def test_realized_rates_match_targets(shards, cfg, pack):
     # Rates from the full corpora's sizes, sampled over the real encoded slices.
     w = rates({k: SIZES[k] for k in shards}, from_dict(MixtureConfig, cfg))
-    s = MixtureSampler(shards, w, batch_tokens=2048, seed=1)
+    s = MixtureSampler(shards, w, batch_tokens=2048, seed=1, pack_length=pack)
     while sum(a["examples"] for a in s.accounting().values()) < 10_000:
         s.next_batch()
     for name, acc in s.accounting().items():
@@ -197,10 +232,12 @@ def test_realized_rates_match_targets(shards, cfg):
         assert abs(acc["realized_rate"] - w[name]) < 0.01, (name, acc)
 
 
+@pytest.mark.parametrize("pack", [0, 64])
 @pytest.mark.parametrize("before", [0, 1, 20, 50])  # 0: no pool yet; 20: a pool boundary
-def test_resume_continues_the_exact_stream(shards, before):
+def test_resume_continues_the_exact_stream(shards, before, pack):
     def make():
-        return MixtureSampler(shards, {"fra": 0.5, "ron": 0.4, "ind": 0.1}, 300, seed=7)
+        w = {"fra": 0.5, "ron": 0.4, "ind": 0.1}
+        return MixtureSampler(shards, w, 300, seed=7, pack_length=pack)
 
     a = make()
     for _ in range(before):
@@ -220,11 +257,13 @@ def test_resume_continues_the_exact_stream(shards, before):
     assert b.accounting() == a.accounting()
 
 
-def test_two_ranks_cover_exactly_one_rank(shards):
+@pytest.mark.parametrize("pack", [0, 64])
+def test_two_ranks_cover_exactly_one_rank(shards, pack):
     w = {"fra": 0.5, "ron": 0.3, "ind": 0.2}
-    one = MixtureSampler(shards, w, batch_tokens=600, seed=3)
-    r0 = MixtureSampler(shards, w, batch_tokens=600, seed=3, rank=0, world_size=2)
-    r1 = MixtureSampler(shards, w, batch_tokens=600, seed=3, rank=1, world_size=2)
+    kw = dict(batch_tokens=600 if not pack else 512, seed=3, pack_length=pack)
+    one = MixtureSampler(shards, w, **kw)
+    r0 = MixtureSampler(shards, w, rank=0, world_size=2, **kw)
+    r1 = MixtureSampler(shards, w, rank=1, world_size=2, **kw)
     for _ in range(40):
         a, b = rows(r0.next_batch(), r0.tasks), rows(r1.next_batch(), r1.tasks)
         assert a and b
@@ -253,7 +292,7 @@ def test_set_rates_takes_effect_at_the_next_batch(shards):
     s.next_batch()
     s.set_rates({"ron": 1.0})
     b = s.next_batch()
-    assert set(b.task_ids.tolist()) == {s.tasks.index("ron")}
+    assert set(b.task_ids.flatten().tolist()) == {s.tasks.index("ron")}
     acc = s.accounting()
     assert acc["ron"]["realized_rate"] == 1.0 and acc["fra"]["examples"] > 0
     with pytest.raises(UserError, match="rates: expected rates summing to 1"):

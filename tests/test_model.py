@@ -194,6 +194,39 @@ def test_compiles_without_graph_breaks(sp, table):
     assert torch.allclose(out.float(), model(src, tgt_in), atol=0.1)
 
 
+def pack(rows: list[list[list[int]]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of sequences -> (ids [B, width], segment ids 1, 2, ... and 0 at PAD)."""
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    seg = torch.zeros_like(ids)
+    for r, seqs in enumerate(rows):
+        flat = [(x, k + 1) for k, seq in enumerate(seqs) for x in seq]
+        ids[r, : len(flat)] = torch.tensor([x for x, _ in flat])
+        seg[r, : len(flat)] = torch.tensor([k for _, k in flat])
+    return ids, seg
+
+
+def test_packed_rows_equal_pairs_alone(sp, table):
+    """Several pairs in a row: each pair's logits as if it were alone (masks and positions)."""
+    model = random_model(sp)
+    src = table.column("src").to_pylist()[:5]
+    tgt = table.column("tgt").to_pylist()[:5]
+    tgt_in = [[BOS, *t[:-1]] for t in tgt]
+    # Two rows of three and two pairs, PAD after them up to the longest row.
+    groups = [[0, 1, 2], [3, 4]]
+    width = max(sum(len(src[i]) for i in g) for g in groups)
+    width = max(width, max(sum(len(tgt[i]) for i in g) for g in groups))
+    packed_src, src_seg = pack([[src[i] for i in g] for g in groups], width)
+    packed_in, tgt_seg = pack([[tgt_in[i] for i in g] for g in groups], width)
+    logits = model(packed_src, packed_in, src_seg, tgt_seg)
+    assert not logits.isnan().any()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
+    assert torch.allclose(compiled(packed_src, packed_in, src_seg, tgt_seg), logits, atol=1e-5)
+    for r, g in enumerate(groups):
+        for k, i in enumerate(g):
+            alone = model(torch.tensor([src[i]]), torch.tensor([tgt_in[i]]))[0]
+            assert torch.allclose(logits[r][tgt_seg[r] == k + 1], alone, atol=1e-5), (r, k)
+
+
 def test_too_long_input_is_an_error(sp):
     model = random_model(sp, max_len=16)
     with pytest.raises(ValueError, match="max_len=16"):

@@ -161,12 +161,23 @@ PINNED = {
 }
 
 
-def test_pinned_regression_figures(data_cfg, tmp_path):
+# The same with packed rows (pack_length=128: 4 rows of 128 + 128 tokens per batch).
+PINNED_PACKED = {
+    "train/eng-fra/loss": 5.907314300537109,
+    "train/eng-ron/loss": 5.740871906280518,
+    "dev/eng-fra/ce": 5.504610538482666,
+    "dev/eng-ron/ce": 5.592357158660889,
+}
+
+
+@pytest.mark.parametrize("pack_length, pinned", [(0, PINNED), (128, PINNED_PACKED)])
+def test_pinned_regression_figures(data_cfg, tmp_path, pack_length, pinned):
     phases = [pretrain(steps=20), finetune(steps=20)]
-    cfg = config(data_cfg, tmp_path, phases, optim=OptimConfig(lr=3e-3, warmup_steps=4))
+    optim = OptimConfig(lr=3e-3, warmup_steps=4)
+    cfg = config(data_cfg, tmp_path, phases, optim=optim, pack_length=pack_length)
     final = train.run(cfg)
     assert final["step"] == 40
-    assert {k: final[k] for k in PINNED} == pytest.approx(PINNED, rel=1e-3)
+    assert {k: final[k] for k in PINNED} == pytest.approx(pinned, rel=1e-3)
 
 
 def test_decodes_and_scores_with_sacrebleu(data_cfg, tmp_path):
