@@ -17,9 +17,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# The smoke sweep on an embedded local Ray, then the frontier report (its path is printed last).
+# The smoke sweep on an embedded local Ray (afresh each time), then the frontier report (its
+# path is printed last).
 run: install
-	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m ray_mtl.tune --space $(SPACE)
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m ray_mtl.tune --space $(SPACE) --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -70,7 +70,7 @@ def trial_seconds(sweep: Path) -> dict[str, float]:
 def measure(space: SpaceConfig, no_sharing: bool) -> dict:
     plan_ = naive(space) if no_sharing else plan(space)
     t0 = time.perf_counter()
-    sweep = Path(run_sweep(space, no_sharing=no_sharing))
+    sweep = Path(run_sweep(space, no_sharing=no_sharing, overwrite=True))
     wall = time.perf_counter() - t0
     results = frontier.load_results(sweep)
     frontier.write_frontier(results, sweep)

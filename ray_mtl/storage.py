@@ -141,6 +141,13 @@ def is_file(uri: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
+def remove_tree(uri: str) -> None:
+    """Delete a directory (local or on storage) and everything in it; nothing if it is absent."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; on success it replaces ``final`` in one rename.

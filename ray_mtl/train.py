@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -481,6 +482,18 @@ def rows_callback(segment: str, uri: str):
     return RowsCallback()
 
 
+# Read by Ray Train in the process that calls fit() and passed on to its controller and workers;
+# a value already in the environment wins. Ray Train's controller polls its workers every 2 s by
+# default, and a finished run waits for two polls: 4 s of a segment's ~14 s of fixed cost on
+# this 2-core machine (measured). The preemption watcher (one more process per run; only spot
+# instances need it) and Ray Train's own metrics cost another ~0.5-1 s.
+RAY_TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+
+
 def ray_trainer(
     cfg: TrainConfig,
     name: str,
@@ -491,6 +504,9 @@ def ray_trainer(
     """A ``TorchTrainer`` running ``cfg`` on ``cfg.resources`` workers."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    for key, value in RAY_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
 
     res = cfg.resources
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": 1} if res.use_gpu else {})

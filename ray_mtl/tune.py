@@ -32,7 +32,7 @@ from ray_mtl.config import SpaceConfig, TrainConfig, check, from_dict, load, to_
 from ray_mtl.errors import UserError, cli
 from ray_mtl.frontier import SCHEMA
 from ray_mtl.plan import Plan, Segment, describe, naive, plan
-from ray_mtl.storage import ensure_writable_dir, filesystem, is_file, write_text
+from ray_mtl.storage import ensure_writable_dir, filesystem, is_file, remove_tree, write_text
 
 
 def segment_config(space: SpaceConfig, seg: Segment, sweep_uri: str) -> TrainConfig:
@@ -45,6 +45,8 @@ def segment_config(space: SpaceConfig, seg: Segment, sweep_uri: str) -> TrainCon
         eval=space.eval,
         resources=space.resources,
         batch_tokens=space.batch_tokens,
+        pack_length=space.pack_length,
+        compile=space.compile,
         seed=seg.seed,
         eval_steps=seg.eval_steps,
         fork_steps=seg.fork_steps,
@@ -344,11 +346,18 @@ def max_concurrent(space: SpaceConfig) -> int | None:
 
 
 def run_sweep(
-    space: SpaceConfig, *, resume: bool = False, dashboard: bool = False, no_sharing: bool = False
+    space: SpaceConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dashboard: bool = False,
+    no_sharing: bool = False,
 ) -> str:
     """Run (or resume) the sweep of ``space``; returns its results URI.
 
-    ``no_sharing`` runs every trial from scratch (the naive grid), for benchmarks.
+    A new sweep refuses a dir that already holds one (its segments' checkpoints would be taken up
+    as if resumed) unless ``overwrite`` deletes it first. ``no_sharing`` runs every trial from
+    scratch (the naive grid), for benchmarks.
     """
     from ray import tune
 
@@ -356,6 +365,13 @@ def run_sweep(
 
     tree = naive(space) if no_sharing else plan(space)
     sweep_uri = sweep_uri_of(space)
+    if not resume and is_file(f"{sweep_uri}/plan.json"):
+        if not overwrite:
+            raise UserError(
+                f"{sweep_uri}: a sweep is already there; --resume {sweep_uri} continues it, "
+                "--overwrite starts it again"
+            )
+        remove_tree(sweep_uri)
     prepared = validate(segment_config(space, next(iter(tree.segments.values())), sweep_uri))
     write_text(f"{sweep_uri}/space.yaml", yaml.safe_dump(to_dict(space), sort_keys=False))
     write_text(f"{sweep_uri}/plan.json", json.dumps(tree.to_dict(), indent=1))
@@ -390,6 +406,8 @@ def run_sweep(
                 max_concurrent_trials=max_concurrent(space),
                 trial_name_creator=_segment_name,
                 trial_dirname_creator=_segment_name,
+                # Segments follow one another in the same trial process: its imports stay.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name="tune",
@@ -420,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", help="override the space's storage path (dir, NFS, s3://, gs://)")
     p.add_argument("--dry-run", action="store_true", help="print the segment tree and exit")
     p.add_argument("--resume", metavar="SWEEP_DIR", help="resume the sweep in this dir")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier sweep of this name")
     p.add_argument("--no-report", action="store_true", help="skip the frontier report")
     p.add_argument("--max-concurrent", type=int, help="segments at once (default: what fits)")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (localhost)")
@@ -448,7 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(describe(plan(space)))
         return 0
-    sweep_uri = run_sweep(space, resume=bool(args.resume), dashboard=args.dashboard)
+    sweep_uri = run_sweep(
+        space, resume=bool(args.resume), overwrite=args.overwrite, dashboard=args.dashboard
+    )
     print(f"results: {sweep_uri}")
     if not args.no_report:
         from ray_mtl import frontier, report

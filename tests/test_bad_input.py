@@ -325,6 +325,16 @@ def case_tune_rate_out_of_range(ctx):
     return "tune", ["--space", path], ["grid.low_rates[0]: expected a rate in (0, 1)", "1.5"]
 
 
+def case_tune_pack_length_shorter_than_pairs(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "pack_length", 32))
+    return "tune", ["--space", path], ["pack_length: expected 0 or from data.max_len=128", "32"]
+
+
+def case_train_pack_length_beyond_positions(ctx):
+    path = ctx.train_yaml(lambda c: set_in(c, "pack_length", 512))
+    return "train", ["--config", path], ["pack_length: expected", "model.max_len=128", "512"]
+
+
 def case_tune_unknown_key(ctx):
     path = ctx.space_yaml(lambda s: set_in(s, "grid.pretrain_step", [4]))
     return "tune", ["--space", path], ["grid.pretrain_step: unknown field", "pretrain_steps"]
@@ -339,6 +349,14 @@ def case_tune_resume_not_a_sweep(ctx):
     (ctx.tmp / "empty").mkdir()
     argv = ["--resume", str(ctx.tmp / "empty")]
     return "tune", argv, ["empty/space.yaml: not found", "sweep dir written by ray_mtl.tune"]
+
+
+def case_tune_new_sweep_over_an_old_one(ctx):
+    # Its segments' checkpoints would be taken up as if the new sweep resumed them.
+    old = ctx.tmp / "runs" / "bad"
+    old.mkdir(parents=True)
+    (old / "plan.json").write_text("{}")
+    return "tune", ["--space", ctx.space_yaml()], ["a sweep is already there", "--overwrite"]
 
 
 def case_tune_unwritable_storage(ctx):
