@@ -20,7 +20,7 @@ params × tokens, is given two ways: ``mfu_6pt`` counts target tokens (close to 
 when sources and targets have similar lengths), ``mfu_6pt_all`` counts source + target tokens,
 which is about twice the exact count for an encoder-decoder (a token passes through one half of
 the parameters). The issue's reference figure (47.6% for a compiled loop at 512 x 64) matches
-``mfu_6pt_all`` of ``--reference 512`` here (49.8%; exact 25.3%). Peak: 989 TFLOP/s dense bf16
+``mfu_6pt_all`` of ``--reference 512`` on an H200 (50.1%; exact 25.6%). Peak: 989 TFLOP/s dense bf16
 (H100 SXM / H200 spec).
 """
 
