@@ -387,46 +387,45 @@ class MixtureSampler:
         import torch
 
         shape = (self._rows // self.world_size, self.pack_length)
-        # Where each pair starts in its row: its offset from the row's first pair.
-        first = np.r_[True, row[1:] != row[:-1]]
-        seg = np.arange(len(row)) - np.maximum.accumulate(np.where(first, np.arange(len(row)), 0))
-        out = {}
-        for side in ("src", "tgt"):
+        first = np.r_[True, row[1:] != row[:-1]]  # a row's pairs are consecutive
+        index = np.arange(len(row))
+        nth = index - np.maximum.accumulate(
+            np.where(first, index, 0)
+        )  # the pair's place in its row
+
+        def tokens(side: str) -> tuple[np.ndarray, ...]:
+            """Per token of ``side``: (its pair, its column, its place in the pair, its id)."""
             length = np.empty(len(pairs), dtype=np.int64)
             for k, t in enumerate(self._data):
                 sel = pairs[:, 0] == k
                 length[sel] = getattr(t, f"{side}_len")[pairs[sel, 1]]
-            end = np.cumsum(length)
-            start = end - length
-            start -= start[np.flatnonzero(first)][np.cumsum(first) - 1]  # per row
-            # One entry per token: its pair, its column in the row, its index within the pair.
-            pair = np.repeat(np.arange(len(pairs)), length)
-            within = np.arange(end[-1] if len(end) else 0) - np.repeat(end - length, length)
-            col = start[pair] + within
+            start = np.cumsum(length) - length
+            pair = np.repeat(index, length)
+            within = np.arange(length.sum()) - start[pair]
+            start -= start[np.flatnonzero(first)][np.cumsum(first) - 1]  # from its row's start
             values = np.empty(len(pair), dtype=np.int64)
             for k, t in enumerate(self._data):
                 sel = pairs[pair, 0] == k
-                vals, offs = getattr(t, side), getattr(t, f"{side}_off")
-                values[sel] = vals[offs[pairs[pair[sel], 1]] + within[sel]]
-            grid = np.full(shape, PAD, dtype=np.int64)
-            grid[row[pair], col] = values
-            segs = np.zeros(shape, dtype=np.int64)
-            segs[row[pair], col] = seg[pair] + 1
-            out[side], out[f"{side}_seg"] = grid, segs
-            if side == "tgt":
-                tgt_in = np.full(shape, PAD, dtype=np.int64)
-                tgt_in[row[pair], col] = np.where(within == 0, BOS, np.roll(values, 1))
-                task_ids = np.zeros(shape, dtype=np.int64)
-                task_ids[row[pair], col] = pairs[pair, 0]
-                n_tokens = len(values)
+                offsets = getattr(t, f"{side}_off")[pairs[pair[sel], 1]]
+                values[sel] = getattr(t, side)[offsets + within[sel]]
+            return pair, start[pair] + within, within, values
+
+        def grid(pair: np.ndarray, col: np.ndarray, values: np.ndarray, fill: int = PAD):
+            out = np.full(shape, fill, dtype=np.int64)
+            out[row[pair], col] = values
+            return torch.from_numpy(out)
+
+        s_pair, s_col, _, s_ids = tokens("src")
+        pair, col, within, ids = tokens("tgt")
         return Batch(
-            src=torch.from_numpy(out["src"]),
-            tgt_in=torch.from_numpy(tgt_in),
-            tgt_out=torch.from_numpy(out["tgt"]),
-            task_ids=torch.from_numpy(task_ids),
-            n_tokens=n_tokens,
-            src_seg=torch.from_numpy(out["src_seg"]),
-            tgt_seg=torch.from_numpy(out["tgt_seg"]),
+            src=grid(s_pair, s_col, s_ids),
+            # Decoder input per pair: BOS, then the pair's target shifted right by one.
+            tgt_in=grid(pair, col, np.where(within == 0, BOS, np.roll(ids, 1))),
+            tgt_out=grid(pair, col, ids),
+            task_ids=grid(pair, col, pairs[pair, 0], fill=0),
+            n_tokens=len(ids),
+            src_seg=grid(s_pair, s_col, nth[s_pair] + 1, fill=0),
+            tgt_seg=grid(pair, col, nth[pair] + 1, fill=0),
         )
 
     # -- state and accounting -----------------------------------------------------------------
