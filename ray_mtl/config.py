@@ -497,7 +497,8 @@ class TrainConfig:
 # Search space of a sweep
 # --------------------------------------------------------------------------------------------
 
-METHODS = ("two_phase", "scalarization", "restart", "temperature", "unimax")
+Method = Literal["two_phase", "scalarization", "restart", "temperature", "unimax"]
+METHODS = typing.get_args(Method)
 
 
 @dataclasses.dataclass
@@ -571,8 +572,8 @@ class SpaceConfig:
     """High- and low-resource tasks."""
     grid: GridConfig
     """L × w (× T, UniMax epochs) × seeds."""
-    methods: list[Literal["two_phase", "scalarization", "restart", "temperature", "unimax"]] = (
-        dataclasses.field(default_factory=lambda: ["two_phase", "scalarization"])
+    methods: list[Method] = dataclasses.field(
+        default_factory=lambda: ["two_phase", "scalarization"]
     )
     """Methods to compare."""
     data: DataConfig | None = None

@@ -33,10 +33,9 @@ SCHEMA = 1
 SENSES = {"ce": -1, "loss": -1, "bleu": 1, "chrf": 1}
 GROUPS = ("high", "low")
 METRIC_COLUMNS = ("segment", "step", "task", "split", "metric", "value")
-TRIAL_COLUMNS = ("trial", "method", "L", "F", "w", "temperature", "max_epochs", "seed")
-TRIAL_COLUMNS += ("lineage", "final_step", "status")
 CONFIG_COLUMNS = ("trial", "method", "L", "F", "w", "temperature", "max_epochs", "seed")
 CONFIG_COLUMNS += ("final_step", "status")
+TRIAL_COLUMNS = (*CONFIG_COLUMNS, "lineage")
 KEY = ["step", "task", "split", "metric"]
 
 Axis = tuple[str, str]
@@ -300,11 +299,14 @@ def frontier(
         "split": "dev",
         "axes": names,
         "senses": sense,
-        "trials": {"total": len(results.trials), "finished": results.finished, "with_values": 0},
+        "trials": {
+            "total": len(results.trials),
+            "finished": results.finished,
+            "with_values": len(pts),
+        },
         "methods": {},
         "dominance": {},
     }
-    out["trials"]["with_values"] = len(pts)
     if pts.empty:
         out["reference_point"] = None
         return _jsonable(out)

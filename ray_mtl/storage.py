@@ -36,6 +36,11 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         raise UserError(f"{uri}: cannot open storage ({e})") from None
 
 
+def ray_storage(uri: str) -> tuple[pafs.FileSystem | None, str]:
+    """``uri`` as Ray's (storage_filesystem, storage_path): no filesystem for a local path."""
+    return filesystem(uri) if "://" in uri else (None, uri)
+
+
 # Write failures the user fixes (a full disk, a quota, a read-only mount): one line, no traceback.
 _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 

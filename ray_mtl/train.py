@@ -16,7 +16,6 @@ branch is step for step the run that would have gone on from L.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -34,7 +33,7 @@ import torch.distributed as dist
 from ray_mtl import data as data_lib
 from ray_mtl.config import TrainConfig, check, from_dict, load, to_dict
 from ray_mtl.errors import UserError, cli
-from ray_mtl.evaluate import evaluate_task
+from ray_mtl.evaluate import autocast, evaluate_task
 from ray_mtl.mixture import MixtureSampler, rates
 from ray_mtl.model import Transformer, token_losses
 from ray_mtl.schedule import Schedule
@@ -163,19 +162,11 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
     # Where this run starts: fresh, from a fork checkpoint of another segment, or from its own
     # latest checkpoint after a fault (then the schedule is the segment's own, from its start).
     start = resume or (load_checkpoint(cfg.init_from, cfg, vocab) if cfg.init_from else None)
-    if start is None:
-        segment_start, since_reset = 0, 0
-    elif resume is None:
-        segment_start, since_reset = int(start["step"]), int(start["steps_since_reset"])
-    else:
-        segment_start, since_reset = (
-            int(resume["segment_start"]),
-            int(resume["segment_since_reset"]),
-        )
     start_step = 0 if start is None else int(start["step"])
-    schedule = Schedule(
-        cfg.phases, start_step=segment_start, steps_since_reset_at_start=since_reset
-    )
+    since_reset = 0 if start is None else int(start["steps_since_reset"])
+    schedule = Schedule(cfg.phases, start_step=start_step, steps_since_reset_at_start=since_reset)
+    if resume is not None:
+        schedule.load_state_dict(resume["schedule"])
     optimizer = new_optimizer()
     best: dict[str, dict[str, Any]] = {}
     best_weights: dict[int, dict[str, torch.Tensor]] = {}
@@ -199,7 +190,7 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
         ckpt_at |= {s for s in eval_at if s % cfg.checkpoint_every == 0}
     ckpt_at.add(schedule.end_step)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
+    mixed_precision = autocast(worker.device)
     task_index = {t: i for i, t in enumerate(tasks)}
     loss_sum = torch.zeros(len(tasks), device=worker.device)
     loss_tokens = torch.zeros(len(tasks), device=worker.device)
@@ -229,7 +220,7 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
             n_global = torch.tensor(float(batch.n_tokens), device=worker.device)
             dist.all_reduce(n_global)
             n_global = n_global.clamp(min=1)
-        with autocast:
+        with mixed_precision:
             logits = model(batch.src, batch.tgt_in, batch.src_seg, batch.tgt_seg)
         per_token = losses(logits, batch.tgt_out, cfg.optim.label_smoothing)
         loss = per_token.sum() * worker.world_size / n_global
@@ -267,7 +258,7 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
         loss_sum.zero_()
         loss_tokens.zero_()
         if worker.is_main:
-            metrics.update(_evaluate(cfg, raw_model, prepared, "dev", worker.device, autocast))
+            metrics.update(_evaluate(cfg, raw_model, prepared, "dev", worker.device))
             for t in tasks:
                 ce = metrics[f"dev/{t}/ce"]
                 if t not in best or ce < best[t]["ce"]:
@@ -279,9 +270,7 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
             best_weights = {s: w for s, w in best_weights.items() if s in keep}
             if done == schedule.end_step and cfg.eval.test_at_end:
                 metrics.update(
-                    _test_best(
-                        cfg, raw_model, prepared, best, best_weights, worker.device, autocast
-                    )
+                    _test_best(cfg, raw_model, prepared, best, best_weights, worker.device)
                 )
             _print_progress(metrics, tasks, schedule.end_step)
         state = None
@@ -289,8 +278,7 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
             state = {
                 "step": done,
                 "steps_since_reset": schedule.steps_since_reset(step) + 1,
-                "segment_start": segment_start,
-                "segment_since_reset": since_reset,
+                "schedule": schedule.state_dict(),
                 "model": to_dict(cfg.model),
                 "vocab_size": vocab,
                 "manifest_hash": prepared.manifest_hash,
@@ -306,34 +294,32 @@ def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None 
     return metrics
 
 
-def _evaluate(cfg, model, prepared, split, device, autocast, tasks=None) -> dict[str, float]:
-    model.eval()
+def _evaluate(cfg, model, prepared, split, device, tasks=None) -> dict[str, float]:
+    """``split/task/metric`` of each task (``evaluate_task`` sets eval mode and autocast)."""
     out: dict[str, float] = {}
-    with autocast:
-        for t in tasks or prepared.tasks:
-            res = evaluate_task(
-                model,
-                prepared.shard(t, split),
-                prepared.decode,
-                eval_pairs=cfg.eval.pairs,
-                bleu_pairs=cfg.eval.bleu_pairs,
-                batch_tokens=cfg.batch_tokens,
-                beam_size=cfg.eval.beam_size,
-                device=device,
-            )
-            for k, v in res.items():
-                out[f"{split}/{t}/{k}"] = v
-    model.train()
+    for t in tasks or prepared.tasks:
+        res = evaluate_task(
+            model,
+            prepared.shard(t, split),
+            prepared.decode,
+            eval_pairs=cfg.eval.pairs,
+            bleu_pairs=cfg.eval.bleu_pairs,
+            batch_tokens=cfg.batch_tokens,
+            beam_size=cfg.eval.beam_size,
+            device=device,
+        )
+        for k, v in res.items():
+            out[f"{split}/{t}/{k}"] = v
     return out
 
 
-def _test_best(cfg, model, prepared, best, best_weights, device, autocast) -> dict[str, Any]:
+def _test_best(cfg, model, prepared, best, best_weights, device) -> dict[str, Any]:
     """Per-task early stopping: each task's test metrics come from its best dev checkpoint."""
     final = {k: v.detach().clone() for k, v in model.state_dict().items()}
     out: dict[str, Any] = {}
     for t in prepared.tasks:
         model.load_state_dict(best_weights[best[t]["step"]])
-        out |= _evaluate(cfg, model, prepared, "test", device, autocast, tasks=[t])
+        out |= _evaluate(cfg, model, prepared, "test", device, tasks=[t])
         out[f"test/{t}/best_step"] = best[t]["step"]
     model.load_state_dict(final)
     return out
@@ -452,14 +438,12 @@ def rows_callback(segment: str, uri: str):
     its checkpoint are not reported again and must not be dropped.
     """
     import pyarrow as pa
-    import pyarrow.fs as pafs
     from ray.train import UserCallback
 
-    from ray_mtl.storage import read_parquet, write_parquet
+    from ray_mtl.storage import is_file, read_parquet, write_parquet
 
     def existing() -> dict[int, list[dict[str, Any]]]:
-        fs, path = filesystem(uri)
-        if fs.get_file_info(path).type != pafs.FileType.File:
+        if not is_file(uri):
             return {}
         rows: dict[int, list[dict[str, Any]]] = {}
         for r in read_parquet(uri).to_pylist():

@@ -32,7 +32,7 @@ from ray_mtl.config import SpaceConfig, TrainConfig, check, from_dict, load, to_
 from ray_mtl.errors import UserError, cli
 from ray_mtl.frontier import SCHEMA
 from ray_mtl.plan import Plan, Segment, describe, naive, plan
-from ray_mtl.storage import ensure_writable_dir, filesystem, is_file, remove_tree, write_text
+from ray_mtl.storage import ensure_writable_dir, is_file, ray_storage, remove_tree, write_text
 
 
 def segment_config(space: SpaceConfig, seg: Segment, sweep_uri: str) -> TrainConfig:
@@ -93,7 +93,6 @@ def _searcher_class():
             self.scheme = scheme  # "s3://" etc.: Checkpoint.path drops it
             self.ready = [i for i, s in segments.items() if s["parent"] is None]
             self.issued: dict[str, str] = {}  # Tune trial id -> segment id
-            self.finished: set[str] = set()
             self.failed: set[str] = set()
             self.forks: dict[str, str] = {}  # "<segment>@<step>" -> checkpoint URI
 
@@ -139,8 +138,8 @@ def _searcher_class():
 
         def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
             seg = self.issued.get(trial_id)
-            if seg is not None:
-                (self.failed if error else self.finished).add(seg)
+            if seg is not None and error:
+                self.failed.add(seg)
 
         def save(self, checkpoint_path: str) -> None:
             with open(checkpoint_path, "wb") as f:
@@ -165,10 +164,7 @@ def run_segment(config: dict[str, Any]) -> None:
 
     cfg = from_dict(TrainConfig, config["train"])
     seg = config["segment"]
-    segments_dir = cfg.run_dir.rsplit("/", 1)[0]
-    fs = None
-    if "://" in segments_dir:
-        fs, segments_dir = filesystem(segments_dir)
+    fs, segments_dir = ray_storage(cfg.run_dir.rsplit("/", 1)[0])
     trainer = ray_trainer(
         cfg,
         name=seg,
@@ -392,7 +388,7 @@ def run_sweep(
         for s in tree.segments.values()
     }
     trainable = tune.with_resources(run_segment, {"CPU": 0.01})
-    fs, tune_dir = filesystem(sweep_uri) if "://" in sweep_uri else (None, sweep_uri)
+    fs, tune_dir = ray_storage(sweep_uri)
     if resume:
         tuner = tune.Tuner.restore(
             f"{tune_dir}/tune", trainable, resume_errored=True, storage_filesystem=fs
