@@ -70,7 +70,7 @@ def main() -> None:
     plain_before = plain(0)
     ray.init(num_cpus=args.threads, include_dashboard=False, configure_logging=False)
     start = time.perf_counter()
-    result = train.ray_trainer(cfg, "bench", str(tmp / "ray")).fit()
+    result = train.ray_trainer({"bench": cfg}, "bench", str(tmp / "ray")).fit()
     ray_wall = time.perf_counter() - start
     ray.shutdown()
     if result.error:

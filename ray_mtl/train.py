@@ -1,12 +1,13 @@
-"""One training run (a segment): the loop, on Ray Train workers or as a plain function.
+"""Training runs (segments): the loop, on Ray Train workers or as a plain function.
 
     python -m ray_mtl.train --config run.yaml [--num-workers 2] [--init-from CKPT] [--no-ray]
 
 ``train_loop_per_worker(config)`` is the whole loop, in one place: phases with optimizer/LR
 resets, the task-mixture sampler, DDP (gloo on CPU, nccl + bf16 autocast on GPU), evaluation
 with per-task best tracking, and checkpoints at fork steps. Ray Train's ``TorchTrainer`` runs it
-on N workers; ``run(cfg)`` runs it in this process with world size 1 and no Ray at all (how the
-GPU path is checked on a machine that has torch but not Ray).
+on N workers, one segment after another when a sweep hands it a chain of them (Ray Train's
+start-up is then paid once); ``run(cfg)`` runs it in this process with world size 1 and no Ray
+at all (how the GPU path is checked on a machine that has torch but not Ray).
 
 Global steps continue across forks: a branch from its trunk's checkpoint at step L starts at L,
 restores the trunk's sampler and RNG state, and then follows its first phase (reset or not), so a
@@ -107,13 +108,20 @@ def load_checkpoint(uri: str, cfg: TrainConfig, vocab_size: int) -> dict[str, An
 # --------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, worker: Worker, report: Report, resume: dict | None = None) -> dict:
-    """Run ``cfg`` on this worker. ``resume`` is the state of this same run (fault recovery).
+def train(
+    cfg: TrainConfig,
+    worker: Worker,
+    report: Report,
+    resume: dict | None = None,
+    prepared: data_lib.Prepared | None = None,
+) -> dict:
+    """Run ``cfg`` on this worker. ``resume`` is the state of this same run (fault recovery);
+    ``prepared`` is ``cfg.data`` already prepared (segments of a chain share it).
 
     Returns the last metrics reported.
     """
     torch.manual_seed(cfg.seed)
-    prepared = data_lib.prepare(cfg.data, verbose=False)
+    prepared = prepared or data_lib.prepare(cfg.data, verbose=False)
     tasks = prepared.tasks
     vocab = prepared.vocab_size
     on_gpu = worker.device.type == "cuda"
@@ -399,42 +407,64 @@ def validate(cfg: TrainConfig) -> data_lib.Prepared:
     return prepared
 
 
+def segment_finished(cfg: TrainConfig, state: dict[str, Any]) -> bool:
+    """Whether a checkpoint ``state`` of segment ``cfg`` is its last (every segment keeps one)."""
+    schedule = Schedule(cfg.phases)
+    schedule.load_state_dict(state["schedule"])
+    return int(state["step"]) == schedule.end_step
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry: one DDP rank of the run described by ``config`` (a plain TrainConfig)."""
+    """Ray Train entry: one DDP rank of the runs in ``config["segments"]`` (segment id -> plain
+    TrainConfig), trained in order by the same workers."""
     import ray
     import ray.train
     import ray.train.torch
 
-    cfg = from_dict(TrainConfig, config)
+    chain = {seg: from_dict(TrainConfig, c) for seg, c in config["segments"].items()}
     ctx = ray.train.get_context()
     worker = Worker(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
-    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
-    resume = None
+    first = next(iter(chain.values()))
+    torch.set_num_threads(max(1, int(first.resources.cpus_per_worker)))
+    todo, resume = list(chain), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
+        # A restarted run goes on from its latest checkpoint: segments before it are done.
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        todo = todo[todo.index(resume["segment"]) :]
+        if segment_finished(chain[todo[0]], resume):
+            todo, resume = todo[1:], None
 
     node_id = ray.get_runtime_context().get_node_id()
+    prepared: dict[str, data_lib.Prepared] = {}
+    for seg in todo:
+        cfg = chain[seg]
 
-    def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        metrics = metrics | {"node_id": node_id}  # where it ran: the sweep's timeline.json
-        if state is None:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            save_checkpoint_dir(d, state)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        def report(metrics: dict[str, Any], state: dict[str, Any] | None, seg: str = seg) -> None:
+            # segment: which rows file and fork the result is for; node: the sweep's timeline
+            metrics = metrics | {"segment": seg, "node_id": node_id}
+            if state is None:
+                ray.train.report(metrics)
+                return
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint_dir(d, state | {"segment": seg})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    train(cfg, worker, report, resume)
+        key = json.dumps(to_dict(cfg.data), sort_keys=True)
+        if key not in prepared:
+            prepared[key] = data_lib.prepare(cfg.data, verbose=False)
+        train(cfg, worker, report, resume, prepared[key])
+        resume = None
 
 
-def rows_callback(segment: str, uri: str):
-    """A Ray Train callback that keeps ``uri`` (Parquet) holding every row reported so far.
+def rows_callback(uris: dict[str, str]):
+    """A Ray Train callback that keeps ``uris[segment]`` (Parquet) holding every row reported so
+    far for that segment (each report names its segment).
 
     It runs in the Train controller after each report, so a finished segment's rows are on
     storage before Tune hears of them, and a crash loses at most the report in flight. A run
-    restarted after its driver died starts from the rows already in ``uri``: the steps before
+    restarted after its driver died starts from the rows already in the files: the steps before
     its checkpoint are not reported again and must not be dropped.
     """
     import pyarrow as pa
@@ -442,7 +472,7 @@ def rows_callback(segment: str, uri: str):
 
     from ray_mtl.storage import is_file, read_parquet, write_parquet
 
-    def existing() -> dict[int, list[dict[str, Any]]]:
+    def existing(uri: str) -> dict[int, list[dict[str, Any]]]:
         if not is_file(uri):
             return {}
         rows: dict[int, list[dict[str, Any]]] = {}
@@ -452,16 +482,17 @@ def rows_callback(segment: str, uri: str):
 
     class RowsCallback(UserCallback):
         def __init__(self) -> None:
-            self.rows: dict[int, list[dict[str, Any]]] | None = None
+            self.rows: dict[str, dict[int, list[dict[str, Any]]]] = {}
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
-            if self.rows is None:  # read in the controller, just before the first write
-                self.rows = existing()
             m = metrics[0]
+            seg = m["segment"]
+            if seg not in self.rows:  # read in the controller, just before the first write
+                self.rows[seg] = existing(uris[seg])
             # keyed by step: a report repeated after a restart replaces, never duplicates
-            self.rows[int(m["step"])] = metric_rows(segment, m)
-            rows = [r for step in sorted(self.rows) for r in self.rows[step]]
-            write_parquet(uri, pa.Table.from_pylist(rows))
+            self.rows[seg][int(m["step"])] = metric_rows(seg, m)
+            rows = [r for step in sorted(self.rows[seg]) for r in self.rows[seg][step]]
+            write_parquet(uris[seg], pa.Table.from_pylist(rows))
 
     return RowsCallback()
 
@@ -479,24 +510,28 @@ RAY_TRAIN_ENV = {
 
 
 def ray_trainer(
-    cfg: TrainConfig,
+    segments: dict[str, TrainConfig],
     name: str,
     storage_path: str,
     callbacks: tuple = (),
     storage_filesystem: Any = None,
 ):
-    """A ``TorchTrainer`` running ``cfg`` on ``cfg.resources`` workers."""
+    """A ``TorchTrainer`` running ``segments`` (id -> config) one after another on the same
+    workers: those of the first, which all must share."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     for key, value in RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
 
+    cfg = next(iter(segments.values()))
     res = cfg.resources
+    if any(c.resources != res for c in segments.values()):
+        raise ValueError("the segments of one Train run must ask for the same resources")
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": 1} if res.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=to_dict(cfg),
+        train_loop_config={"segments": {seg: to_dict(c) for seg, c in segments.items()}},
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker
@@ -574,7 +609,10 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(include_dashboard=False, configure_logging=False)
     rows_uri = str(run_dir / "metrics.parquet")
     trainer = ray_trainer(
-        cfg, name="train", storage_path=str(run_dir), callbacks=(rows_callback("run", rows_uri),)
+        {"run": cfg},
+        name="train",
+        storage_path=str(run_dir),
+        callbacks=(rows_callback({"run": rows_uri}),),
     )
     result = trainer.fit()
     if result.error:

@@ -5,11 +5,13 @@
     python -m ray_mtl.tune --space tune_spaces/paper_fr_ro.yaml --storage s3://bucket/ray_mtl
     python -m ray_mtl.tune --resume runs/smoke                          # after a crash
 
-Each Tune trial is one segment and drives a ``TorchTrainer``. A ``TreeSearcher`` hands out the
-trunks first and releases each branch the moment its parent reports the fork checkpoint (Ray's
-``TuneReportCallback`` puts the checkpoint's path in the result), so branches run while their
-trunk goes on. Results land under ``<storage>/<sweep>/``: ``metrics.parquet`` (long format),
-``trials.parquet``, ``frontier.json`` and ``report/``.
+Each Tune trial drives a ``TorchTrainer`` that trains one segment, or several ready ones back to
+back on the same workers (a chain): Ray Train's start-up, ~10 s a run on 2 cores, is then paid
+once per chain. A ``TreeSearcher`` hands out the trunks first and releases each branch the moment
+its parent reports the fork checkpoint (Ray's ``TuneReportCallback`` puts the checkpoint's path
+in the result), so branches run while their trunk goes on. Results land under
+``<storage>/<sweep>/``: ``metrics.parquet`` (long format), ``trials.parquet``, ``frontier.json``
+and ``report/``.
 """
 
 from __future__ import annotations
@@ -77,55 +79,94 @@ def code_version() -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def chain_name(segments: list[str]) -> str:
+    """A Tune trial's name (and its Train run's): its first segment, ``+n`` for n more."""
+    return segments[0] + (f"+{len(segments) - 1}" if len(segments) > 1 else "")
+
+
 def _searcher_class():
     from ray.tune.search import Searcher
 
     class TreeSearcher(Searcher):
         """Hands out segments as Tune trials: trunks at once, branches when their fork exists.
 
+        A trial takes ready segments in order (those others fork from first) until it holds its
+        share of the work known now: the ready segments' steps plus what running trials have
+        left, over ``slots`` (trials at once). Chains stay balanced, and a cluster with a slot
+        free for each ready segment runs each alone; ``slots=None`` never chains.
+
         State is a few dicts of strings, saved and restored with the experiment so that
         ``Tuner.restore`` continues the tree instead of starting it again.
         """
 
-        def __init__(self, segments: dict[str, dict], scheme: str = "") -> None:
+        def __init__(
+            self, segments: dict[str, dict], scheme: str = "", slots: int | None = None
+        ) -> None:
             super().__init__(metric="step", mode="max")
-            self.segments = segments  # id -> {"parent", "start_step", "train": plain TrainConfig}
+            # id -> {"parent", "start_step", "steps", "train": plain TrainConfig}
+            self.segments = segments
             self.scheme = scheme  # "s3://" etc.: Checkpoint.path drops it
+            self.slots = slots
             self.ready = [i for i, s in segments.items() if s["parent"] is None]
-            self.issued: dict[str, str] = {}  # Tune trial id -> segment id
+            self.issued: dict[str, list[str]] = {}  # Tune trial id -> its segments, in order
+            self.running: set[str] = set()  # Tune trial ids
+            self.progress: dict[str, int] = {}  # segment -> steps done
             self.failed: set[str] = set()
             self.forks: dict[str, str] = {}  # "<segment>@<step>" -> checkpoint URI
 
         def suggest(self, trial_id: str) -> dict | None:
             if self.ready:
-                seg = self.ready.pop(0)
-                self.issued[trial_id] = seg
-                spec = self.segments[seg]
-                train = dict(spec["train"])
-                if spec["parent"] is not None:
-                    train["init_from"] = self.forks[f"{spec['parent']}@{spec['start_step']}"]
-                return {"segment": seg, "train": train}
-            if len(self.issued) + len(self.unreachable()) >= len(self.segments):
+                chain = self._take()
+                self.issued[trial_id] = chain
+                self.running.add(trial_id)
+                train = {}
+                for seg in chain:
+                    spec = self.segments[seg]
+                    train[seg] = dict(spec["train"])
+                    if spec["parent"] is not None:
+                        fork = f"{spec['parent']}@{spec['start_step']}"
+                        train[seg]["init_from"] = self.forks[fork]
+                return {"segments": train}
+            issued = sum(len(c) for c in self.issued.values())
+            if issued + len(self.unreachable()) >= len(self.segments):
                 return Searcher.FINISHED
             return None
 
+        def _left(self, seg: str) -> int:
+            return self.segments[seg]["steps"] - self.progress.get(seg, 0)
+
+        def _take(self) -> list[str]:
+            parents = {s["parent"] for s in self.segments.values()}
+            order = sorted(self.ready, key=lambda i: i not in parents)  # stable
+            take = order[:1]
+            if self.slots:
+                running = sum(self._left(i) for t in self.running for i in self.issued[t])
+                share = (sum(self._left(i) for i in order) + running) / self.slots
+                while len(take) < len(order) and sum(self._left(i) for i in take) < share:
+                    take.append(order[len(take)])
+            for i in take:
+                self.ready.remove(i)
+            return take
+
         def unreachable(self) -> set[str]:
             """Segments that can never start because an ancestor failed."""
+            issued = {i for c in self.issued.values() for i in c}
             out: set[str] = set()
             changed = True
             while changed:
                 changed = False
                 for i, s in self.segments.items():
                     bad = s["parent"] in self.failed or s["parent"] in out
-                    if bad and i not in out and i not in self.issued.values():
+                    if bad and i not in out and i not in issued:
                         out.add(i)
                         changed = True
             return out
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
+            seg = result["segment"]
+            self.progress[seg] = int(result["step"]) - self.segments[seg]["start_step"]
             path = result.get("checkpoint_path")
-            seg = self.issued.get(trial_id)
-            if not path or seg is None:
+            if not path:
                 return
             step = int(result["step"])
             key = f"{seg}@{step}"
@@ -137,9 +178,12 @@ def _searcher_class():
                     self.ready.append(i)
 
         def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-            seg = self.issued.get(trial_id)
-            if seg is not None and error:
-                self.failed.add(seg)
+            self.running.discard(trial_id)
+            chain = self.issued.get(trial_id, [])
+            if error:  # the segment that failed and those after it in the chain
+                self.failed |= {i for i in chain if self._left(i) > 0}
+            else:  # a rerun (Tuner.restore with resume_errored) that got through
+                self.failed -= set(chain)
 
         def save(self, checkpoint_path: str) -> None:
             with open(checkpoint_path, "wb") as f:
@@ -152,25 +196,26 @@ def _searcher_class():
     return TreeSearcher
 
 
-def _segment_name(trial) -> str:
-    return trial.config["segment"]
+def _trial_name(trial) -> str:
+    return chain_name(list(trial.config["segments"]))
 
 
-def run_segment(config: dict[str, Any]) -> None:
-    """A Tune trial: one segment, as a Ray Train run whose metrics flow back to Tune."""
+def run_chain(config: dict[str, Any]) -> None:
+    """A Tune trial: its segments, in order, as one Ray Train run whose metrics flow to Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_mtl.train import ray_trainer, rows_callback
 
-    cfg = from_dict(TrainConfig, config["train"])
-    seg = config["segment"]
-    fs, segments_dir = ray_storage(cfg.run_dir.rsplit("/", 1)[0])
+    cfgs = {seg: from_dict(TrainConfig, c) for seg, c in config["segments"].items()}
+    # run_dir is <sweep>/segments/<segment>: the Train run sits beside its segments' rows
+    fs, segments_dir = ray_storage(next(iter(cfgs.values())).run_dir.rsplit("/", 1)[0])
+    rows = {seg: f"{cfg.run_dir}/metrics.parquet" for seg, cfg in cfgs.items()}
     trainer = ray_trainer(
-        cfg,
-        name=seg,
+        cfgs,
+        name=chain_name(list(cfgs)),
         storage_path=segments_dir,
         storage_filesystem=fs,
-        callbacks=(TuneReportCallback(), rows_callback(seg, f"{cfg.run_dir}/metrics.parquet")),
+        callbacks=(TuneReportCallback(), rows_callback(rows)),
     )
     result = trainer.fit()
     if result.error:
@@ -184,7 +229,8 @@ def _tree_progress_callback(plan_: Plan, sweep_uri: str):
 
     class TreeProgress(Callback):
         """One line of tree progress under Tune's table (segments and steps done of total), and
-        ``timeline.json``: when each segment started and ended (wall clock, s) and on which node."""
+        ``timeline.json``: when each segment started and ended (wall clock, s) and on which node.
+        A chained segment starts when the one before it in its trial ends."""
 
         def __init__(self) -> None:
             self.steps: dict[str, int] = {}
@@ -192,25 +238,29 @@ def _tree_progress_callback(plan_: Plan, sweep_uri: str):
             self.timeline: dict[str, dict[str, float]] = {}
 
         def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            self._mark(trial, "start")
+            self._mark(next(iter(trial.config["segments"])), "start")
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            seg = plan_.segments[trial.config["segment"]]
+            seg = plan_.segments[result["segment"]]
             self.steps[seg.id] = int(result["step"]) - seg.start_step
             if "node_id" in result:
                 self.timeline.setdefault(seg.id, {})["node"] = result["node_id"]
-            self._print()
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self.done.add(trial.config["segment"])
-            self._mark(trial, "end")
+            if int(result["step"]) == seg.end_step and seg.id not in self.done:
+                self.done.add(seg.id)
+                self._mark(seg.id, "end")
+                chain = list(trial.config["segments"])
+                if chain[-1] != seg.id:
+                    self._mark(chain[chain.index(seg.id) + 1], "start")
             self._print()
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self._mark(trial, "failed")
+            for seg in trial.config["segments"]:
+                if seg not in self.done:
+                    self._mark(seg, "failed")
+                    break
 
-        def _mark(self, trial, event: str) -> None:
-            self.timeline.setdefault(trial.config["segment"], {})[event] = time.time()
+        def _mark(self, seg: str, event: str) -> None:
+            self.timeline.setdefault(seg, {})[event] = time.time()
             write_text(f"{sweep_uri}/timeline.json", json.dumps(self.timeline, indent=1))
 
         def _print(self) -> None:
@@ -318,9 +368,10 @@ def _connect_ray(dashboard: bool) -> None:
 
 
 def max_concurrent(space: SpaceConfig) -> int | None:
-    """Segments to run at once: the space's setting, else what the cluster fits now.
+    """Trials (segments or chains of them) to run at once: the space's setting, else what the
+    cluster fits now.
 
-    Each segment holds its workers plus 0.01 CPU for the Tune trial that drives it; starting
+    Each trial holds its workers plus 0.01 CPU for the Tune trial that drives it; starting
     more than fit makes worker groups time out and retry. On GPUs with an autoscaler the cluster
     may have none yet: then Tune's pending trials are what makes it scale up (None: no cap).
     """
@@ -383,25 +434,27 @@ def run_sweep(
         s.id: {
             "parent": s.parent,
             "start_step": s.start_step,
+            "steps": s.steps,
             "train": to_dict(segment_config(space, s, sweep_uri)),
         }
         for s in tree.segments.values()
     }
-    trainable = tune.with_resources(run_segment, {"CPU": 0.01})
+    trainable = tune.with_resources(run_chain, {"CPU": 0.01})
     fs, tune_dir = ray_storage(sweep_uri)
     if resume:
         tuner = tune.Tuner.restore(
             f"{tune_dir}/tune", trainable, resume_errored=True, storage_filesystem=fs
         )
     else:
+        slots = max_concurrent(space)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher_class()(segments, scheme),
+                search_alg=_searcher_class()(segments, scheme, slots),
                 num_samples=-1,
-                max_concurrent_trials=max_concurrent(space),
-                trial_name_creator=_segment_name,
-                trial_dirname_creator=_segment_name,
+                max_concurrent_trials=slots,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
                 # Segments follow one another in the same trial process: its imports stay.
                 reuse_actors=True,
             ),
@@ -411,8 +464,8 @@ def run_sweep(
                 storage_filesystem=fs,
                 callbacks=[_tree_progress_callback(tree, sweep_uri)],
                 progress_reporter=tune.CLIReporter(
-                    metric_columns=["step", "lr", "tokens_per_s"],
-                    parameter_columns=["segment"],
+                    metric_columns=["segment", "step", "lr", "tokens_per_s"],
+                    parameter_columns=[],
                     max_report_frequency=30,
                 ),
                 verbose=1,
@@ -422,7 +475,7 @@ def run_sweep(
     collect_results(space, tree, sweep_uri, prepared.manifest_hash)
     errors = [r.error for r in grid if r.error]
     if errors:
-        print(f"{len(errors)} segment(s) failed; first: {errors[0]}", file=sys.stderr)
+        print(f"{len(errors)} trial(s) failed; first: {errors[0]}", file=sys.stderr)
     return sweep_uri
 
 
@@ -436,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", metavar="SWEEP_DIR", help="resume the sweep in this dir")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier sweep of this name")
     p.add_argument("--no-report", action="store_true", help="skip the frontier report")
-    p.add_argument("--max-concurrent", type=int, help="segments at once (default: what fits)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (localhost)")
     args = p.parse_args(argv)
     if bool(args.space) == bool(args.resume):

@@ -202,6 +202,8 @@ def our_processes(marker: str) -> list[psutil.Process]:
 
 
 def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
+    """A chain of two segments, its workers killed mid-way through the second: the first is not
+    trained again, and the second goes on from its latest checkpoint to the same result."""
     end = sum(STEPS)
     ref_cfg = fault_config(data_cfg, tmp_path / "reference")
     threads = torch.get_num_threads()
@@ -213,6 +215,11 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
 
     cfg = fault_config(data_cfg, tmp_path / "faulty")
     rows = tmp_path / "faulty" / "metrics.parquet"
+    first = fault_config(data_cfg, tmp_path / "first")
+    first.phases = first.phases[:1]
+    first.phases[0].steps = 5
+    first.seed = 1
+    first_rows = tmp_path / "first" / "metrics.parquet"
     killed: dict = {}
 
     def kill_mid_segment() -> None:
@@ -221,16 +228,17 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
             time.sleep(0.05)
         workers = our_processes("RayTrainWorker")
         killed["step"], killed["pids"] = max_step(rows), [w.pid for w in workers]
+        killed["first"] = first_rows.stat().st_mtime_ns
         for w in workers:
             os.kill(w.pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_mid_segment, daemon=True)
     killer.start()
     trainer = train.ray_trainer(
-        cfg,
-        name="faulty",
+        {"first": first, "faulty": cfg},
+        name="chain",
         storage_path=str(tmp_path),
-        callbacks=(train.rows_callback("faulty", str(rows)),),
+        callbacks=(train.rows_callback({"first": str(first_rows), "faulty": str(rows)}),),
     )
     result = trainer.fit()
     killer.join(timeout=10)
@@ -238,7 +246,9 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
     # The kill landed mid-segment, on a live worker, after a checkpoint and before the end.
     assert len(killed["pids"]) == 1 and 20 <= killed["step"] < end, killed
     assert not psutil.pid_exists(killed["pids"][0])
-    assert_resumed_from_latest(tmp_path / "faulty", [10, 20, 30, 40, 50, 60])
+    # One run dir holds both segments' checkpoints: the first's end once, not trained again.
+    assert_resumed_from_latest(tmp_path / "chain", [5, 10, 20, 30, 40, 50, 60])
+    assert first_rows.stat().st_mtime_ns == killed["first"]
 
     final = torch.load(
         Path(result.checkpoint.path) / train.STATE_FILE, map_location="cpu", weights_only=True
@@ -272,7 +282,7 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
 
 
 def experiment_status(tune_dir: Path) -> dict[str, str]:
-    """Segment -> Tune trial status, from the newest experiment state the driver saved."""
+    """Segment -> its Tune trial's status, from the newest experiment state the driver saved."""
     states = sorted(tune_dir.glob("experiment_state-*.json"))
     if not states:
         return {}
@@ -283,7 +293,8 @@ def experiment_status(tune_dir: Path) -> dict[str, str]:
     out = {}
     for data, _ in trials:
         t = json.loads(data)
-        out[t["config"]["segment"]] = t["status"]
+        for seg in t["config"]["segments"]:
+            out[seg] = t["status"]
     return out
 
 

@@ -114,14 +114,15 @@ def test_searcher_state_round_trips(tmp_path):
     pytest.importorskip("ray.tune")
     from ray_mtl.tune import _searcher_class
 
-    segments = {"a": {"parent": None, "start_step": 0, "train": {}}}
-    s = _searcher_class()(segments)
+    segments = {"a": {"parent": None, "start_step": 0, "steps": 8, "train": {}}}
+    s = _searcher_class()(segments, slots=2)
     s.suggest("t1")
-    s.on_trial_result("t1", {"step": 4, "checkpoint_path": "/x/ckpt"})
+    s.on_trial_result("t1", {"segment": "a", "step": 4, "checkpoint_path": "/x/ckpt"})
     s.save(str(tmp_path / "state.pkl"))
     r = _searcher_class()({})
     r.restore(str(tmp_path / "state.pkl"))
-    assert (r.issued, r.forks, r.segments) == ({"t1": "a"}, {"a@4": "/x/ckpt"}, segments)
+    assert (r.issued, r.forks, r.segments) == ({"t1": ["a"]}, {"a@4": "/x/ckpt"}, segments)
+    assert (r.running, r.progress, r.slots) == ({"t1"}, {"a": 4}, 2)
     with open(tmp_path / "state.pkl", "rb") as f:
         state = pickle.load(f)
     allowed = (dict, list, set, str, int, float, bool, type(None))
