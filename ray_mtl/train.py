@@ -72,7 +72,8 @@ def save_checkpoint_dir(directory: str | Path, state: dict[str, Any]) -> None:
     torch.save(state, buf)
     directory = Path(directory)
     atomic_write_bytes(directory / STATE_FILE, buf.getvalue())
-    meta = {k: state[k] for k in ("step", "model", "vocab_size", "manifest_hash")}
+    keys = ("segment", "step", "model", "vocab_size", "manifest_hash")
+    meta = {k: state[k] for k in keys if k in state}
     atomic_write_json(directory / META_FILE, meta)
 
 
@@ -414,53 +415,102 @@ def segment_finished(cfg: TrainConfig, state: dict[str, Any]) -> bool:
     return int(state["step"]) == schedule.end_step
 
 
+def train_chain(
+    chain: dict[str, TrainConfig],
+    worker: Worker,
+    report: Report,
+    resume: dict | None = None,
+    more: Callable[[], dict[str, TrainConfig]] | None = None,
+) -> None:
+    """Train the segments of ``chain`` (id -> config) in order on this worker, then those that
+    ``more()`` gives while it gives any. Each report's metrics and checkpoint state name their
+    segment (``"segment"``); segments with the same data config share it, prepared once.
+
+    ``resume`` is the latest checkpoint state of this run (fault recovery): its segment goes on
+    from it, or, if it is that segment's last, the next one starts; those before it are done.
+    """
+    todo = list(chain)
+    if resume is not None:
+        todo = todo[todo.index(resume["segment"]) :]
+        if segment_finished(chain[todo[0]], resume):
+            todo, resume = todo[1:], None
+    prepared: dict[str, data_lib.Prepared] = {}
+    while todo:
+        for seg in todo:
+            cfg = chain[seg]
+
+            def tagged(metrics: dict[str, Any], state: dict | None, seg: str = seg) -> None:
+                report(metrics | {"segment": seg}, state and state | {"segment": seg})
+
+            key = json.dumps(to_dict(cfg.data), sort_keys=True)
+            if key not in prepared:
+                prepared[key] = data_lib.prepare(cfg.data, verbose=False)
+            train(cfg, worker, tagged, resume, prepared[key])
+            resume = None
+        new = more() if more else {}
+        chain |= new
+        todo = list(new)
+
+
+def _from_rank0(worker: Worker, fn: Callable[[], Any]) -> Any:
+    """``fn()`` called on rank 0 only; every rank gets its value."""
+    box = [fn() if worker.is_main else None]
+    if worker.world_size > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry: one DDP rank of the runs in ``config["segments"]`` (segment id -> plain
-    TrainConfig), trained in order by the same workers."""
+    """Ray Train entry: one DDP rank of ``config["segments"]`` (id -> plain TrainConfig), or,
+    with ``config["dispatcher"]`` (actor name, Tune trial id), of the segments that dispatcher
+    hands this trial (see ``ray_mtl.tune.Tree``)."""
     import ray
     import ray.train
     import ray.train.torch
 
-    chain = {seg: from_dict(TrainConfig, c) for seg, c in config["segments"].items()}
     ctx = ray.train.get_context()
     worker = Worker(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
-    first = next(iter(chain.values()))
-    torch.set_num_threads(max(1, int(first.resources.cpus_per_worker)))
-    todo, resume = list(chain), None
+
+    def configs(plain: dict[str, dict]) -> dict[str, TrainConfig]:
+        return {seg: from_dict(TrainConfig, c) for seg, c in plain.items()}
+
+    chain, more = configs(config["segments"]), None
+    if config.get("dispatcher"):
+        name, trial = config["dispatcher"]
+        actor = ray.get_actor(name)
+
+        def ask(method: str) -> dict[str, TrainConfig]:
+            return configs(_from_rank0(worker, lambda: ray.get(actor.call.remote(method, trial))))
+
+        chain = ask("chain")  # after a restart, the segments it had been given since it began
+
+        def more() -> dict[str, TrainConfig]:
+            return ask("more")
+
+    torch.set_num_threads(max(1, int(next(iter(chain.values())).resources.cpus_per_worker)))
+    resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        # A restarted run goes on from its latest checkpoint: segments before it are done.
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        todo = todo[todo.index(resume["segment"]) :]
-        if segment_finished(chain[todo[0]], resume):
-            todo, resume = todo[1:], None
 
     node_id = ray.get_runtime_context().get_node_id()
-    prepared: dict[str, data_lib.Prepared] = {}
-    for seg in todo:
-        cfg = chain[seg]
 
-        def report(metrics: dict[str, Any], state: dict[str, Any] | None, seg: str = seg) -> None:
-            # segment: which rows file and fork the result is for; node: the sweep's timeline
-            metrics = metrics | {"segment": seg, "node_id": node_id}
-            if state is None:
-                ray.train.report(metrics)
-                return
-            with tempfile.TemporaryDirectory() as d:
-                save_checkpoint_dir(d, state | {"segment": seg})
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        metrics = metrics | {"node_id": node_id}  # where it ran: the sweep's timeline.json
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint_dir(d, state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-        key = json.dumps(to_dict(cfg.data), sort_keys=True)
-        if key not in prepared:
-            prepared[key] = data_lib.prepare(cfg.data, verbose=False)
-        train(cfg, worker, report, resume, prepared[key])
-        resume = None
+    train_chain(chain, worker, report, resume, more)
 
 
-def rows_callback(uris: dict[str, str]):
-    """A Ray Train callback that keeps ``uris[segment]`` (Parquet) holding every row reported so
-    far for that segment (each report names its segment).
+def rows_callback(template: str):
+    """A Ray Train callback that keeps ``template.format(segment=...)`` (Parquet) holding every
+    row reported so far for that segment (each report names its segment).
 
     It runs in the Train controller after each report, so a finished segment's rows are on
     storage before Tune hears of them, and a crash loses at most the report in flight. A run
@@ -487,12 +537,13 @@ def rows_callback(uris: dict[str, str]):
         def after_report(self, run_context, metrics, checkpoint) -> None:
             m = metrics[0]
             seg = m["segment"]
+            uri = template.format(segment=seg)
             if seg not in self.rows:  # read in the controller, just before the first write
-                self.rows[seg] = existing(uris[seg])
+                self.rows[seg] = existing(uri)
             # keyed by step: a report repeated after a restart replaces, never duplicates
             self.rows[seg][int(m["step"])] = metric_rows(seg, m)
             rows = [r for step in sorted(self.rows[seg]) for r in self.rows[seg][step]]
-            write_parquet(uris[seg], pa.Table.from_pylist(rows))
+            write_parquet(uri, pa.Table.from_pylist(rows))
 
     return RowsCallback()
 
@@ -515,9 +566,11 @@ def ray_trainer(
     storage_path: str,
     callbacks: tuple = (),
     storage_filesystem: Any = None,
+    dispatcher: tuple[str, str] | None = None,
 ):
     """A ``TorchTrainer`` running ``segments`` (id -> config) one after another on the same
-    workers: those of the first, which all must share."""
+    workers (those of the first, which all must share), then any more that ``dispatcher``
+    (actor name, Tune trial id) hands it."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -531,7 +584,10 @@ def ray_trainer(
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": 1} if res.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"segments": {seg: to_dict(c) for seg, c in segments.items()}},
+        train_loop_config={
+            "segments": {seg: to_dict(c) for seg, c in segments.items()},
+            "dispatcher": dispatcher,
+        },
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker
@@ -612,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         {"run": cfg},
         name="train",
         storage_path=str(run_dir),
-        callbacks=(rows_callback({"run": rows_uri}),),
+        callbacks=(rows_callback(rows_uri),),
     )
     result = trainer.fit()
     if result.error:

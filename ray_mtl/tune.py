@@ -17,10 +17,10 @@ and ``report/``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
-import pickle
 import subprocess
 import sys
 import time
@@ -34,7 +34,14 @@ from ray_mtl.config import SpaceConfig, TrainConfig, check, from_dict, load, to_
 from ray_mtl.errors import UserError, cli
 from ray_mtl.frontier import SCHEMA
 from ray_mtl.plan import Plan, Segment, describe, naive, plan
-from ray_mtl.storage import ensure_writable_dir, is_file, ray_storage, remove_tree, write_text
+from ray_mtl.storage import (
+    ensure_writable_dir,
+    is_file,
+    ray_storage,
+    read_text,
+    remove_tree,
+    write_text,
+)
 
 
 def segment_config(space: SpaceConfig, seg: Segment, sweep_uri: str) -> TrainConfig:
@@ -79,143 +86,238 @@ def code_version() -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def chain_name(segments: list[str]) -> str:
-    """A Tune trial's name (and its Train run's): its first segment, ``+n`` for n more."""
-    return segments[0] + (f"+{len(segments) - 1}" if len(segments) > 1 else "")
+class Tree:
+    """Which segments each Tune trial trains: trunks at once, branches once their fork exists.
+
+    A trial takes ready segments in order (those others fork from first) until it holds its
+    share of the work known now: the ready segments' steps plus what running trials have left,
+    over ``slots`` (trials at once; ``None``: one segment at a time). When it has trained them
+    it asks for ``more`` under the same rule, so a trial goes on while there is work for it and
+    Ray Train starts about once per slot rather than once per segment.
+
+    The state is plain data: ``to_json``/``from_json`` write and read it whole.
+    """
+
+    def __init__(self, segments: dict[str, dict], scheme: str = "", slots: int | None = None):
+        # id -> {"parent", "start_step", "steps", "train": plain TrainConfig}
+        self.segments = segments
+        self.scheme = scheme  # "s3://" etc.: Checkpoint.path drops it
+        self.slots = slots
+        self.ready = [i for i, s in segments.items() if s["parent"] is None]
+        self.issued: dict[str, list[str]] = {}  # Tune trial id -> its segments, in order
+        self.running: list[str] = []  # Tune trial ids
+        self.progress: dict[str, int] = {}  # segment -> steps done
+        self.failed: list[str] = []
+        self.forks: dict[str, str] = {}  # "<segment>@<step>" -> checkpoint URI
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> Tree:
+        tree = cls({})
+        tree.__dict__.update(json.loads(text))
+        return tree
+
+    def suggest(self, trial_id: str) -> dict[str, dict] | None:
+        """A new trial's first segments (id -> plain TrainConfig), or None if none is ready."""
+        if not self.ready:
+            return None
+        self.running.append(trial_id)
+        return self.more(trial_id)
+
+    def more(self, trial_id: str) -> dict[str, dict]:
+        """Segments for a trial that has trained its own (empty: none ready, it may end)."""
+        if not self.ready:
+            return {}
+        take = self._take()
+        self.issued.setdefault(trial_id, []).extend(take)
+        return {i: self.config(i) for i in take}
+
+    def chain(self, trial_id: str) -> dict[str, dict]:
+        """All segments issued to a trial so far, in order (a restarted trial goes on in them)."""
+        return {i: self.config(i) for i in self.issued.get(trial_id, [])}
+
+    def config(self, seg: str) -> dict:
+        spec = self.segments[seg]
+        train = dict(spec["train"])
+        if spec["parent"] is not None:
+            train["init_from"] = self.forks[f"{spec['parent']}@{spec['start_step']}"]
+        return train
+
+    def finished(self) -> bool:
+        """Every segment issued, or unreachable behind a failure."""
+        issued = sum(len(c) for c in self.issued.values())
+        return issued + len(self.unreachable()) >= len(self.segments)
+
+    def _left(self, seg: str) -> int:
+        return self.segments[seg]["steps"] - self.progress.get(seg, 0)
+
+    def _take(self) -> list[str]:
+        parents = {s["parent"] for s in self.segments.values()}
+        order = sorted(self.ready, key=lambda i: i not in parents)  # stable
+        take = order[:1]
+        if self.slots:
+            running = sum(self._left(i) for t in self.running for i in self.issued.get(t, []))
+            share = (sum(self._left(i) for i in order) + running) / self.slots
+            while len(take) < len(order) and sum(self._left(i) for i in take) < share:
+                take.append(order[len(take)])
+        for i in take:
+            self.ready.remove(i)
+        return take
+
+    def unreachable(self) -> set[str]:
+        """Segments that can never start because an ancestor failed."""
+        issued = {i for c in self.issued.values() for i in c}
+        out: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for i, s in self.segments.items():
+                bad = s["parent"] in self.failed or s["parent"] in out
+                if bad and i not in out and i not in issued:
+                    out.add(i)
+                    changed = True
+        return out
+
+    def on_result(self, result: dict) -> bool:
+        """Records progress; True when the result is a new fork (its branches are ready)."""
+        seg, step = result["segment"], int(result["step"])
+        self.progress[seg] = step - self.segments[seg]["start_step"]
+        path = result.get("checkpoint_path")
+        key = f"{seg}@{step}"
+        if not path or key in self.forks:
+            return False
+        self.forks[key] = self.scheme + path if "://" not in path else path
+        for i, s in self.segments.items():
+            if s["parent"] == seg and s["start_step"] == step:
+                self.ready.append(i)
+        return True
+
+    def resumed(self, live: Tree) -> Tree:
+        """The tree to resume with, from this one (saved by Tune with its trials) and ``live``
+        (written at every change, so possibly newer): each trial Tune saved keeps every segment
+        ``live`` had handed it; those handed to trials Tune never saved are ready again."""
+        tree = Tree.from_json(live.to_json())
+        lost = [i for t, c in live.issued.items() if t not in self.issued for i in c]
+        tree.issued = {t: c for t, c in live.issued.items() if t in self.issued}
+        tree.running = [t for t in live.running if t in self.issued]
+        tree.ready = lost + [i for i in live.ready if i not in lost]
+        tree.failed = [i for i in live.failed if i not in lost]
+        for i in lost:
+            tree.progress.pop(i, None)
+        return tree
+
+    def on_complete(self, trial_id: str, error: bool) -> None:
+        if trial_id in self.running:
+            self.running.remove(trial_id)
+        chain = self.issued.get(trial_id, [])
+        if error:  # the segment that failed and those after it in the trial
+            self.failed += [i for i in chain if self._left(i) > 0 and i not in self.failed]
+        else:  # a rerun (Tuner.restore with resume_errored) that got through
+            self.failed = [i for i in self.failed if i not in chain]
+
+
+def dispatcher(name: str, state_uri: str, tree: Tree):
+    """A named actor holding the sweep's ``Tree``: Tune's searcher (in the driver) and each
+    trial's rank-0 worker ask it for segments through ``call(method, *args)``. Every change is
+    written to ``state_uri`` before it is answered, so a sweep resumed after a crash knows each
+    segment it had handed out."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Dispatcher:
+        def __init__(self, tree_json: str) -> None:
+            self.tree = Tree.from_json(tree_json)
+
+        def call(self, method: str, *args):
+            out = getattr(self.tree, method)(*args)
+            # progress alone is not worth a write: it only balances the next chains
+            if method in ("suggest", "more", "on_complete") or (method == "on_result" and out):
+                write_text(state_uri, self.tree.to_json())
+            return out
+
+    write_text(state_uri, tree.to_json())
+    return Dispatcher.options(name=name).remote(tree.to_json())
 
 
 def _searcher_class():
+    import ray
     from ray.tune.search import Searcher
 
     class TreeSearcher(Searcher):
-        """Hands out segments as Tune trials: trunks at once, branches when their fork exists.
+        """Tune's side of the ``Tree``: new trials, results and ends go to the dispatcher actor.
 
-        A trial takes ready segments in order (those others fork from first) until it holds its
-        share of the work known now: the ready segments' steps plus what running trials have
-        left, over ``slots`` (trials at once). Chains stay balanced, and a cluster with a slot
-        free for each ready segment runs each alone; ``slots=None`` never chains.
-
-        State is a few dicts of strings, saved and restored with the experiment so that
-        ``Tuner.restore`` continues the tree instead of starting it again.
+        Tune saves the tree with its experiment state (``save``); ``restore`` takes the trials
+        Tune saved, gives each every segment the live state file says it was handed since, and
+        makes segments handed to trials Tune never saved ready again.
         """
 
-        def __init__(
-            self, segments: dict[str, dict], scheme: str = "", slots: int | None = None
-        ) -> None:
+        def __init__(self, name: str, state_uri: str, tree: Tree | None = None) -> None:
             super().__init__(metric="step", mode="max")
-            # id -> {"parent", "start_step", "steps", "train": plain TrainConfig}
-            self.segments = segments
-            self.scheme = scheme  # "s3://" etc.: Checkpoint.path drops it
-            self.slots = slots
-            self.ready = [i for i, s in segments.items() if s["parent"] is None]
-            self.issued: dict[str, list[str]] = {}  # Tune trial id -> its segments, in order
-            self.running: set[str] = set()  # Tune trial ids
-            self.progress: dict[str, int] = {}  # segment -> steps done
-            self.failed: set[str] = set()
-            self.forks: dict[str, str] = {}  # "<segment>@<step>" -> checkpoint URI
+            self.name, self.state_uri = name, state_uri
+            self.actor = tree and dispatcher(name, state_uri, tree)
+
+        def __getstate__(self) -> dict:  # Tune pickles this object; the actor is this run's
+            return self.__dict__ | {"actor": None}
+
+        def _call(self, method: str, *args):
+            return ray.get(self.actor.call.remote(method, *args))
 
         def suggest(self, trial_id: str) -> dict | None:
-            if self.ready:
-                chain = self._take()
-                self.issued[trial_id] = chain
-                self.running.add(trial_id)
-                train = {}
-                for seg in chain:
-                    spec = self.segments[seg]
-                    train[seg] = dict(spec["train"])
-                    if spec["parent"] is not None:
-                        fork = f"{spec['parent']}@{spec['start_step']}"
-                        train[seg]["init_from"] = self.forks[fork]
-                return {"segments": train}
-            issued = sum(len(c) for c in self.issued.values())
-            if issued + len(self.unreachable()) >= len(self.segments):
-                return Searcher.FINISHED
-            return None
-
-        def _left(self, seg: str) -> int:
-            return self.segments[seg]["steps"] - self.progress.get(seg, 0)
-
-        def _take(self) -> list[str]:
-            parents = {s["parent"] for s in self.segments.values()}
-            order = sorted(self.ready, key=lambda i: i not in parents)  # stable
-            take = order[:1]
-            if self.slots:
-                running = sum(self._left(i) for t in self.running for i in self.issued[t])
-                share = (sum(self._left(i) for i in order) + running) / self.slots
-                while len(take) < len(order) and sum(self._left(i) for i in take) < share:
-                    take.append(order[len(take)])
-            for i in take:
-                self.ready.remove(i)
-            return take
-
-        def unreachable(self) -> set[str]:
-            """Segments that can never start because an ancestor failed."""
-            issued = {i for c in self.issued.values() for i in c}
-            out: set[str] = set()
-            changed = True
-            while changed:
-                changed = False
-                for i, s in self.segments.items():
-                    bad = s["parent"] in self.failed or s["parent"] in out
-                    if bad and i not in out and i not in issued:
-                        out.add(i)
-                        changed = True
-            return out
+            segments = self._call("suggest", trial_id)
+            if segments:
+                return {"segments": segments, "dispatcher": self.name}
+            return Searcher.FINISHED if self._call("finished") else None
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            seg = result["segment"]
-            self.progress[seg] = int(result["step"]) - self.segments[seg]["start_step"]
-            path = result.get("checkpoint_path")
-            if not path:
-                return
-            step = int(result["step"])
-            key = f"{seg}@{step}"
-            if key in self.forks:
-                return
-            self.forks[key] = self.scheme + path if "://" not in path else path
-            for i, s in self.segments.items():
-                if s["parent"] == seg and s["start_step"] == step:
-                    self.ready.append(i)
+            keys = ("segment", "step", "checkpoint_path")
+            self._call("on_result", {k: result.get(k) for k in keys})
 
         def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-            self.running.discard(trial_id)
-            chain = self.issued.get(trial_id, [])
-            if error:  # the segment that failed and those after it in the chain
-                self.failed |= {i for i in chain if self._left(i) > 0}
-            else:  # a rerun (Tuner.restore with resume_errored) that got through
-                self.failed -= set(chain)
+            self._call("on_complete", trial_id, error)
 
         def save(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "wb") as f:
-                pickle.dump(self.__dict__, f)
+            write_text(checkpoint_path, self._call("to_json"))
 
         def restore(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "rb") as f:
-                self.__dict__.update(pickle.load(f))
+            tree = Tree.from_json(read_text(checkpoint_path))
+            if is_file(self.state_uri):
+                tree = tree.resumed(Tree.from_json(read_text(self.state_uri)))
+            self.actor = dispatcher(self.name, self.state_uri, tree)
 
     return TreeSearcher
 
 
 def _trial_name(trial) -> str:
-    return chain_name(list(trial.config["segments"]))
+    """A trial's name (and its Train run's): the first segment it was given."""
+    return next(iter(trial.config["segments"]))
 
 
 def run_chain(config: dict[str, Any]) -> None:
-    """A Tune trial: its segments, in order, as one Ray Train run whose metrics flow to Tune."""
+    """A Tune trial: its segments, and any more the dispatcher gives it, as one Ray Train run
+    whose metrics flow to Tune."""
+    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_mtl.train import ray_trainer, rows_callback
 
     cfgs = {seg: from_dict(TrainConfig, c) for seg, c in config["segments"].items()}
     # run_dir is <sweep>/segments/<segment>: the Train run sits beside its segments' rows
-    fs, segments_dir = ray_storage(next(iter(cfgs.values())).run_dir.rsplit("/", 1)[0])
-    rows = {seg: f"{cfg.run_dir}/metrics.parquet" for seg, cfg in cfgs.items()}
+    segments_dir = next(iter(cfgs.values())).run_dir.rsplit("/", 1)[0]
+    fs, storage = ray_storage(segments_dir)
+    trial = tune.get_context().get_trial_id()
     trainer = ray_trainer(
         cfgs,
-        name=chain_name(list(cfgs)),
-        storage_path=segments_dir,
+        # the trial id too: a trial lost in a driver crash never shares a run with a later one
+        name=f"{next(iter(cfgs))}-{trial}",
+        storage_path=storage,
         storage_filesystem=fs,
-        callbacks=(TuneReportCallback(), rows_callback(rows)),
+        callbacks=(
+            TuneReportCallback(),
+            rows_callback(segments_dir + "/{segment}/metrics.parquet"),
+        ),
+        dispatcher=(config["dispatcher"], trial),
     )
     result = trainer.fit()
     if result.error:
@@ -229,38 +331,40 @@ def _tree_progress_callback(plan_: Plan, sweep_uri: str):
 
     class TreeProgress(Callback):
         """One line of tree progress under Tune's table (segments and steps done of total), and
-        ``timeline.json``: when each segment started and ended (wall clock, s) and on which node.
-        A chained segment starts when the one before it in its trial ends."""
+        ``timeline.json``: when each segment started and ended (wall clock, s), on which node
+        and in which trial. A segment starts when its trial does or its trial's previous one
+        ends."""
 
         def __init__(self) -> None:
             self.steps: dict[str, int] = {}
             self.done: set[str] = set()
-            self.timeline: dict[str, dict[str, float]] = {}
+            self.timeline: dict[str, dict[str, Any]] = {}
+            self.free_at: dict[str, float] = {}  # trial id -> when it was last free
 
         def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            self._mark(next(iter(trial.config["segments"])), "start")
+            self.free_at[trial.trial_id] = time.time()
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             seg = plan_.segments[result["segment"]]
+            if seg.id not in self.timeline:
+                start = self.free_at.get(trial.trial_id, time.time())
+                self.timeline[seg.id] = {"trial": str(trial), "start": start}
             self.steps[seg.id] = int(result["step"]) - seg.start_step
             if "node_id" in result:
-                self.timeline.setdefault(seg.id, {})["node"] = result["node_id"]
+                self.timeline[seg.id]["node"] = result["node_id"]
             if int(result["step"]) == seg.end_step and seg.id not in self.done:
                 self.done.add(seg.id)
-                self._mark(seg.id, "end")
-                chain = list(trial.config["segments"])
-                if chain[-1] != seg.id:
-                    self._mark(chain[chain.index(seg.id) + 1], "start")
+                self.free_at[trial.trial_id] = self.timeline[seg.id]["end"] = time.time()
+            self._write()
             self._print()
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            for seg in trial.config["segments"]:
-                if seg not in self.done:
-                    self._mark(seg, "failed")
-                    break
+            for seg, t in self.timeline.items():
+                if t["trial"] == str(trial) and seg not in self.done:
+                    t["failed"] = time.time()
+            self._write()
 
-        def _mark(self, seg: str, event: str) -> None:
-            self.timeline.setdefault(seg, {})[event] = time.time()
+        def _write(self) -> None:
             write_text(f"{sweep_uri}/timeline.json", json.dumps(self.timeline, indent=1))
 
         def _print(self) -> None:
@@ -392,6 +496,14 @@ def max_concurrent(space: SpaceConfig) -> int | None:
     return fits
 
 
+class _NoColumns(dict):
+    """Tune's table shows every config key when given no parameter columns, and a trial's config
+    is whole TrainConfigs: its name (first segment) and the segment column say enough."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
 def run_sweep(
     space: SpaceConfig,
     *,
@@ -406,6 +518,7 @@ def run_sweep(
     as if resumed) unless ``overwrite`` deletes it first. ``no_sharing`` runs every trial from
     scratch (the naive grid), for benchmarks.
     """
+    import ray
     from ray import tune
 
     from ray_mtl.train import validate
@@ -441,6 +554,7 @@ def run_sweep(
     }
     trainable = tune.with_resources(run_chain, {"CPU": 0.01})
     fs, tune_dir = ray_storage(sweep_uri)
+    name, state_uri = f"ray_mtl:{sweep_uri}", f"{sweep_uri}/tree_state.json"
     if resume:
         tuner = tune.Tuner.restore(
             f"{tune_dir}/tune", trainable, resume_errored=True, storage_filesystem=fs
@@ -450,7 +564,7 @@ def run_sweep(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher_class()(segments, scheme, slots),
+                search_alg=_searcher_class()(name, state_uri, Tree(segments, scheme, slots)),
                 num_samples=-1,
                 max_concurrent_trials=slots,
                 trial_name_creator=_trial_name,
@@ -465,13 +579,17 @@ def run_sweep(
                 callbacks=[_tree_progress_callback(tree, sweep_uri)],
                 progress_reporter=tune.CLIReporter(
                     metric_columns=["segment", "step", "lr", "tokens_per_s"],
-                    parameter_columns=[],
+                    parameter_columns=_NoColumns(),
                     max_report_frequency=30,
                 ),
                 verbose=1,
             ),
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:  # the dispatcher's name is free for another sweep of this dir in this Ray session
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name))
     collect_results(space, tree, sweep_uri, prepared.manifest_hash)
     errors = [r.error for r in grid if r.error]
     if errors:

@@ -175,16 +175,17 @@ def max_step(uri: Path) -> int:
         return 0
 
 
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    """Steps of the checkpoint dirs of a Ray Train run, registered or not."""
-    metas = run_dir.glob(f"checkpoint_*/{train.META_FILE}")
-    return sorted(json.loads(m.read_text())["step"] for m in metas)
+def checkpoint_steps(root: Path, segment: str | None = None) -> list[int]:
+    """Steps of the checkpoint dirs under ``root`` (Ray Train run dirs), registered or not;
+    ``segment``'s only, if given (a run may train several)."""
+    metas = [json.loads(m.read_text()) for m in root.rglob(train.META_FILE)]
+    return sorted(m["step"] for m in metas if segment in (None, m["segment"]))
 
 
-def assert_resumed_from_latest(run_dir: Path, expected: list[int]) -> None:
+def assert_resumed_from_latest(root: Path, segment: str, expected: list[int]) -> None:
     """Work redone after a kill starts at the latest recorded checkpoint: at most one step is
     checkpointed twice (one the dead worker had written but not yet reported), never more."""
-    steps = checkpoint_steps(run_dir)
+    steps = checkpoint_steps(root, segment)
     twice = [s for s in set(steps) if steps.count(s) > 1]
     assert sorted(set(steps)) == expected and len(twice) <= 1 and steps.count(expected[0]) == 1
 
@@ -238,7 +239,7 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
         {"first": first, "faulty": cfg},
         name="chain",
         storage_path=str(tmp_path),
-        callbacks=(train.rows_callback({"first": str(first_rows), "faulty": str(rows)}),),
+        callbacks=(train.rows_callback(str(tmp_path / "{segment}" / "metrics.parquet")),),
     )
     result = trainer.fit()
     killer.join(timeout=10)
@@ -247,7 +248,8 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
     assert len(killed["pids"]) == 1 and 20 <= killed["step"] < end, killed
     assert not psutil.pid_exists(killed["pids"][0])
     # One run dir holds both segments' checkpoints: the first's end once, not trained again.
-    assert_resumed_from_latest(tmp_path / "chain", [5, 10, 20, 30, 40, 50, 60])
+    assert_resumed_from_latest(tmp_path / "chain", "faulty", [10, 20, 30, 40, 50, 60])
+    assert checkpoint_steps(tmp_path / "chain", "first") == [5]
     assert first_rows.stat().st_mtime_ns == killed["first"]
 
     final = torch.load(
@@ -281,21 +283,32 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
 # ----------------------------------------------------------------------------- driver fault
 
 
-def experiment_status(tune_dir: Path) -> dict[str, str]:
-    """Segment -> its Tune trial's status, from the newest experiment state the driver saved."""
-    states = sorted(tune_dir.glob("experiment_state-*.json"))
-    if not states:
+def experiment_status(sweep: Path) -> dict[str, str]:
+    """Segment -> its Tune trial's status, from the newest experiment state the driver saved and
+    the tree state (which segments each trial was handed)."""
+    states = sorted((sweep / "tune").glob("experiment_state-*.json"))
+    if not states or not (sweep / "tree_state.json").is_file():
         return {}
     try:
         trials = json.loads(states[-1].read_text())["trial_data"]
+        issued = json.loads((sweep / "tree_state.json").read_text())["issued"]
     except (OSError, ValueError, KeyError):  # being rewritten right now
         return {}
     out = {}
     for data, _ in trials:
         t = json.loads(data)
-        for seg in t["config"]["segments"]:
+        for seg in issued.get(t["trial_id"], []):
             out[seg] = t["status"]
     return out
+
+
+def segment_files(sweep: Path, segment: str) -> dict[Path, int]:
+    """A segment's rows and checkpoint files (whichever trial's run they are in) -> mtime."""
+    dirs = [sweep / "segments" / segment]
+    for meta in (sweep / "segments").rglob(train.META_FILE):
+        if json.loads(meta.read_text())["segment"] == segment:
+            dirs.append(meta.parent)
+    return {p: p.stat().st_mtime_ns for d in dirs for p in d.rglob("*")}
 
 
 def rows_by_segment(sweep: Path) -> dict:
@@ -386,15 +399,15 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
         # Kill once Tune has recorded the trunk as finished and a branch is past a checkpoint.
         deadline, running = time.time() + 240, None
         while time.time() < deadline and driver.poll() is None and not running:
-            status = experiment_status(sweep / "tune")
+            status = experiment_status(sweep)
             steps = {s: int(df.step.max()) for s, df in rows_by_segment(sweep).items()}
             # step 50 reported: the step-40 checkpoint was recorded a report earlier
             mid = [s for s in steps if s != "pt-s0" and 50 <= steps[s] < 100]
-            if status.get("pt-s0") == "TERMINATED" and mid:
+            if steps.get("pt-s0") == 20 and status.get("pt-s0") and mid:
                 running = mid[0]
             else:
                 time.sleep(0.2)
-        trunk = {p: p.stat().st_mtime_ns for p in (sweep / "segments/pt-s0").rglob("*")}
+        trunk = segment_files(sweep, "pt-s0")
         before = rows_by_segment(sweep)
         killed = kill_driver(driver, ray_tmpdir)
     finally:
@@ -411,11 +424,11 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
     assert rc == 0, (tmp_path / "2.log").read_text()[-3000:]
 
     # Nothing finished ran again: the trunk's files (rows, checkpoints) are untouched.
-    assert {p: p.stat().st_mtime_ns for p in (sweep / "segments/pt-s0").rglob("*")} == trunk
+    assert segment_files(sweep, "pt-s0") == trunk
     # The branch cut short went on from its own latest checkpoint, not from its fork.
-    assert_resumed_from_latest(sweep / "segments" / running, [40, 60, 80, 100])
+    assert_resumed_from_latest(sweep / "segments", running, [40, 60, 80, 100])
     # Every trial finished, each segment exactly once in Tune.
-    status = experiment_status(sweep / "tune")
+    status = experiment_status(sweep)
     plan = json.loads((sweep / "plan.json").read_text())
     assert status == {s["id"]: "TERMINATED" for s in plan["segments"]}
     # Rows: unique, no eval step missing against the plan, nothing seen before the kill lost.

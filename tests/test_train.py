@@ -280,7 +280,7 @@ def ray_fit(data_cfg, tmp: Path, workers: int):
     )
     rows = tmp / "metrics.parquet"
     trainer = train.ray_trainer(
-        {"seg": cfg}, f"w{workers}", str(tmp), callbacks=(train.rows_callback({"seg": str(rows)}),)
+        {"seg": cfg}, f"w{workers}", str(tmp), callbacks=(train.rows_callback(str(rows)),)
     )
     result = trainer.fit()
     assert result.error is None

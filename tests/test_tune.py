@@ -20,7 +20,7 @@ from ray_mtl import train
 from ray_mtl.config import SpaceConfig, from_dict, load
 from ray_mtl.plan import naive, plan
 from ray_mtl.report import FIGURES
-from ray_mtl.tune import _searcher_class, main, segment_config
+from ray_mtl.tune import Tree, main, segment_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_spaces" / "smoke.yaml"
@@ -90,48 +90,72 @@ def test_each_segment_trains_once_in_one_tune_trial(smoke_sweep):
         assert steps.min() > seg.start_step and steps.max() == seg.end_step, seg.id
 
 
-def searcher_for(space: SpaceConfig, slots: int | None = None):
+def tree_for(space: SpaceConfig, slots: int | None = None) -> Tree:
     segments = {
         s.id: {"parent": s.parent, "start_step": s.start_step, "steps": s.steps, "train": {}}
         for s in plan(space).segments.values()
     }
-    return _searcher_class()(segments, slots=slots)
+    return Tree(segments, slots=slots)
 
 
-def test_searcher_releases_a_branch_at_its_fork_while_the_trunk_runs():
-    searcher = searcher_for(load(SpaceConfig, SMOKE))
-    issued = [list(searcher.suggest(f"t{i}")["segments"]) for i in range(3)]
+def test_tree_releases_a_branch_at_its_fork_while_the_trunk_runs():
+    tree = tree_for(load(SpaceConfig, SMOKE))
+    issued = [list(tree.suggest(f"t{i}")) for i in range(3)]
     assert issued == [["pt-s0"], ["st-w0.3-s0"], ["st-w0.5-s0"]]
-    assert searcher.suggest("t3") is None  # branches wait for their fork
-    searcher.on_trial_result("t0", {"segment": "pt-s0", "step": 50})
-    assert searcher.suggest("t3") is None
-    searcher.on_trial_result("t0", {"segment": "pt-s0", "step": 100, "checkpoint_path": "/ck/100"})
-    branches = [searcher.suggest(f"t{i}")["segments"] for i in (3, 4)]
+    assert tree.suggest("t3") is None and not tree.finished()  # branches wait for their fork
+    assert not tree.on_result({"segment": "pt-s0", "step": 50})
+    assert tree.suggest("t3") is None
+    assert tree.on_result({"segment": "pt-s0", "step": 100, "checkpoint_path": "/ck/100"})
+    branches = [tree.suggest(f"t{i}") for i in (3, 4)]
     assert [list(b) for b in branches] == [["tp-L100-w0.3-s0"], ["tp-L100-w0.5-s0"]]
     assert all(b[s]["init_from"] == "/ck/100" for b in branches for s in b)
-    assert searcher.suggest("t5") is None
+    assert tree.suggest("t5") is None
 
 
-def test_searcher_chains_ready_segments_to_each_slots_share():
+def test_tree_gives_each_slot_its_share_of_the_ready_work():
     """Smoke plan: trunk 200 steps (forks at 100, 200), static trunks 300 each, branches 100."""
-    searcher = searcher_for(load(SpaceConfig, SMOKE), slots=2)
+    tree = tree_for(load(SpaceConfig, SMOKE), slots=2)
     # 800 steps ready over 2 slots: the trunk (others fork from it) first, until 400 are held.
-    assert list(searcher.suggest("a")["segments"]) == ["pt-s0", "st-w0.3-s0"]
+    assert list(tree.suggest("a")) == ["pt-s0", "st-w0.3-s0"]
     # 300 ready + 500 left in "a" over 2 slots: 400, so the last static trunk alone.
-    assert list(searcher.suggest("b")["segments"]) == ["st-w0.5-s0"]
-    searcher.on_trial_result("a", {"segment": "pt-s0", "step": 100, "checkpoint_path": "/ck/1"})
-    searcher.on_trial_result("a", {"segment": "pt-s0", "step": 200, "checkpoint_path": "/ck/2"})
-    for trial, seg in (("a", "st-w0.3-s0"), ("b", "st-w0.5-s0")):
-        searcher.on_trial_result(trial, {"segment": seg, "step": 300})
-        searcher.on_trial_complete(trial)
-    # 4 branches of 100 ready, nothing running: 200 a slot, so two chains of two.
-    c, d = (list(searcher.suggest(t)["segments"]) for t in "cd")
-    assert c == ["tp-L100-w0.3-s0", "tp-L100-w0.5-s0"]
-    assert d == ["tp-L200-w0.3-s0", "tp-L200-w0.5-s0"]
-    assert searcher.suggest("e") == "FINISHED"
-    # Without slots (a GPU cluster that scales up), never chained.
-    alone = searcher_for(load(SpaceConfig, SMOKE))
-    assert [len(alone.suggest(t)["segments"]) for t in "abc"] == [1, 1, 1]
+    assert list(tree.suggest("b")) == ["st-w0.5-s0"]
+    tree.on_result({"segment": "pt-s0", "step": 100, "checkpoint_path": "/ck/1"})
+    tree.on_result({"segment": "pt-s0", "step": 200, "checkpoint_path": "/ck/2"})
+    tree.on_result({"segment": "st-w0.3-s0", "step": 300})
+    tree.on_result({"segment": "st-w0.5-s0", "step": 100})
+    # "a" has trained its own and asks for more: 4 branches of 100 + 200 left in "b", over 2.
+    assert list(tree.more("a")) == ["tp-L100-w0.3-s0", "tp-L100-w0.5-s0", "tp-L200-w0.3-s0"]
+    tree.on_result({"segment": "st-w0.5-s0", "step": 300})
+    assert list(tree.more("b")) == ["tp-L200-w0.5-s0"]
+    assert tree.more("b") == {} and tree.finished()
+    assert list(tree.chain("b")) == ["st-w0.5-s0", "tp-L200-w0.5-s0"]
+    # A failed trial: its unfinished segments fail (their branches would never be issued).
+    tree.on_complete("b", error=True)
+    assert tree.failed == ["tp-L200-w0.5-s0"] and "b" not in tree.running
+    # Without slots (a GPU cluster that scales up), one segment at a time.
+    alone = tree_for(load(SpaceConfig, SMOKE))
+    assert [len(alone.suggest(t)) for t in "abc"] == [1, 1, 1]
+    # The state is plain JSON, read back whole.
+    assert Tree.from_json(tree.to_json()).__dict__ == tree.__dict__
+
+
+def test_resumed_tree_keeps_what_tunes_trials_were_handed():
+    """After a driver crash: Tune saved trial "a" only; the live state had since given "a" more
+    and started "b", which Tune never saved, so b's segment is ready again."""
+    live = tree_for(load(SpaceConfig, SMOKE), slots=2)
+    live.suggest("a")
+    saved = Tree.from_json(live.to_json())
+    live.on_result({"segment": "pt-s0", "step": 100, "checkpoint_path": "/ck/1"})
+    live.suggest("b")
+    live.on_result({"segment": "st-w0.5-s0", "step": 100})
+    live.on_result({"segment": "pt-s0", "step": 200, "checkpoint_path": "/ck/2"})
+    live.on_result({"segment": "st-w0.3-s0", "step": 300})
+    grown = list(live.more("a"))
+    tree = saved.resumed(live)
+    assert tree.issued == {"a": ["pt-s0", "st-w0.3-s0", *grown]}
+    assert tree.running == ["a"] and tree.forks == live.forks
+    assert tree.ready[0] == "st-w0.5-s0" and "st-w0.5-s0" not in tree.progress
+    assert sorted(tree.ready) == sorted(set(tree.segments) - set(tree.issued["a"]))
 
 
 def test_branches_run_while_their_trunk_goes_on(ray_session, shared_data, tmp_path):
