@@ -6,7 +6,9 @@
 
 Each run (``--runs``, ``mode:batch_tokens[:pack_length]``) is ``ray_mtl.train.run`` (world size
 1, no Ray) with ``resources.use_gpu`` (bf16 autocast, fused AdamW) on eng-fra + eng-ron,
-evaluating every ``--every`` steps; ``pack_length`` packs pairs into fixed-shape rows. Throughput
+evaluating every ``--every`` steps; ``pack_length`` packs pairs into fixed-shape rows. Mode
+``chain`` trains three compiled segments back to back in one process instead, as a sweep's trial
+does, and records at each report the graphs compiled so far and the GPU memory held. Throughput
 is the median of the trainer's own ``tokens_per_s`` (real source + target tokens) over the
 intervals after the first (which holds start-up and compilation); evaluation is outside every
 interval. ``--reference B`` also times the model alone, compiled, on random [B, 64] -> [B, 64]
@@ -27,6 +29,7 @@ the parameters). The issue's reference figure (47.6% for a compiled loop at 512 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -94,8 +97,8 @@ def stream_shapes(cfg: TrainConfig, steps: int) -> dict[str, float]:
     }
 
 
-def one_run(args, mode: str, batch_tokens: int, pack_length: int, root: Path) -> dict:
-    cfg = TrainConfig(
+def run_config(args, mode: str, batch_tokens: int, pack_length: int, root: Path) -> TrainConfig:
+    return TrainConfig(
         phases=[PhaseConfig(steps=args.steps, name="bench")],
         data=DataConfig(tasks=["eng-fra", "eng-ron"], data_dir=args.data_dir, out_dir=args.cache),
         model=ModelConfig(preset=args.preset, dropout=args.dropout),
@@ -106,6 +109,12 @@ def one_run(args, mode: str, batch_tokens: int, pack_length: int, root: Path) ->
         compile=mode == "compile",
         run_dir=str(root / f"{mode}_{batch_tokens}_{pack_length}"),
     )
+
+
+def one_run(args, mode: str, batch_tokens: int, pack_length: int, root: Path) -> dict:
+    if mode == "chain":
+        return chain_run(args, batch_tokens, pack_length, root)
+    cfg = run_config(args, mode, batch_tokens, pack_length, root)
     start = time.perf_counter()
     train.run(cfg)
     wall = time.perf_counter() - start
@@ -131,6 +140,41 @@ def one_run(args, mode: str, batch_tokens: int, pack_length: int, root: Path) ->
         ),
         "mfu_6pt_all": round(6 * shapes["params"] * tokens_per_s / PEAK_BF16, 4),
         **{k: round(v) for k, v in shapes.items()},
+    }
+
+
+def chain_run(args, batch_tokens: int, pack_length: int, root: Path, n: int = 3) -> dict:
+    """``n`` compiled segments (seeds 0..n-1) back to back in one process, as a trial's workers
+    train them (``train.train_chain``): does each compile again, and is memory given back?"""
+    from torch._dynamo.utils import counters
+
+    base = run_config(args, "compile", batch_tokens, pack_length, root)
+    chain = {f"seed{i}": dataclasses.replace(base, seed=i) for i in range(n)}
+    cuda = args.device == "cuda"
+    reports: list[dict] = []
+    start = time.perf_counter()
+
+    def report(metrics: dict, state: dict | None) -> None:
+        reports.append(
+            {
+                "segment": metrics["segment"],
+                "step": metrics["step"],
+                "t_s": round(time.perf_counter() - start, 2),
+                "tokens_per_s": round(metrics["tokens_per_s"]),
+                "unique_graphs": counters["stats"]["unique_graphs"],
+                "allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 2) if cuda else 0,
+            }
+        )
+
+    torch._dynamo.reset()
+    train.train_chain(chain, train.Worker(device=torch.device(args.device)), report)
+    return {
+        "mode": "chain",
+        "batch_tokens": batch_tokens,
+        "pack_length": pack_length,
+        "segments": n,
+        "max_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else 0,
+        "reports": reports,
     }
 
 
