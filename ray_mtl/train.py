@@ -5,8 +5,8 @@
 ``train_loop_per_worker(config)`` is the whole loop, in one place: phases with optimizer/LR
 resets, the task-mixture sampler, DDP (gloo on CPU, nccl + bf16 autocast on GPU), evaluation
 with per-task best tracking, and checkpoints at fork steps. Ray Train's ``TorchTrainer`` runs it
-on N workers, one segment after another when a sweep hands it a chain of them (Ray Train's
-start-up is then paid once); ``run(cfg)`` runs it in this process with world size 1 and no Ray
+on N workers, one segment after another as a sweep hands them out (Ray Train's start-up is then
+paid once for many); ``run(cfg)`` runs it in this process with world size 1 and no Ray
 at all (how the GPU path is checked on a machine that has torch but not Ray).
 
 Global steps continue across forks: a branch from its trunk's checkpoint at step L starts at L,
@@ -479,13 +479,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         name, trial = config["dispatcher"]
         actor = ray.get_actor(name)
 
-        def ask(method: str) -> dict[str, TrainConfig]:
-            return configs(_from_rank0(worker, lambda: ray.get(actor.call.remote(method, trial))))
+        def ask(method: str) -> dict[str, TrainConfig] | None:
+            plain = _from_rank0(worker, lambda: ray.get(actor.call.remote(method, trial)))
+            return None if plain is None else configs(plain)
 
         chain = ask("chain")  # after a restart, the segments it had been given since it began
 
         def more() -> dict[str, TrainConfig]:
-            return ask("more")
+            # None while this trial's own last fork checkpoints are on their way to the
+            # dispatcher (through Ray Train's controller and Tune): their branches may be next.
+            for _ in range(150):
+                new = ask("more")
+                if new is not None:
+                    return new
+                time.sleep(0.2)
+            return {}
 
     torch.set_num_threads(max(1, int(next(iter(chain.values())).resources.cpus_per_worker)))
     resume = None

@@ -5,11 +5,11 @@
     python -m ray_mtl.tune --space tune_spaces/paper_fr_ro.yaml --storage s3://bucket/ray_mtl
     python -m ray_mtl.tune --resume runs/smoke                          # after a crash
 
-Each Tune trial drives a ``TorchTrainer`` that trains one segment, or several ready ones back to
-back on the same workers (a chain): Ray Train's start-up, ~10 s a run on 2 cores, is then paid
-once per chain. A ``TreeSearcher`` hands out the trunks first and releases each branch the moment
-its parent reports the fork checkpoint (Ray's ``TuneReportCallback`` puts the checkpoint's path
-in the result), so branches run while their trunk goes on. Results land under
+Each Tune trial drives a ``TorchTrainer`` whose workers train ready segments back to back and ask
+for more when done, so Ray Train's start-up (~10 s a run on 2 cores) is paid about once per slot
+rather than once per segment. A ``Tree`` in a named actor hands them out: trunks at once, each
+branch the moment its parent reports the fork checkpoint (Ray's ``TuneReportCallback`` puts the
+checkpoint's path in the result), each trial its share of the ready work. Results land under
 ``<storage>/<sweep>/``: ``metrics.parquet`` (long format), ``trials.parquet``, ``frontier.json``
 and ``report/``.
 """
@@ -126,8 +126,15 @@ class Tree:
         self.running.append(trial_id)
         return self.more(trial_id)
 
-    def more(self, trial_id: str) -> dict[str, dict]:
-        """Segments for a trial that has trained its own (empty: none ready, it may end)."""
+    def more(self, trial_id: str) -> dict[str, dict] | None:
+        """Segments for a trial that has trained those it was given (empty: none ready, it may
+        end; None: forks of its own are still on their way here, ask again)."""
+        mine = self.issued.get(trial_id, [])
+        for i in mine:  # trained, though their last results may not have arrived yet
+            self.progress[i] = self.segments[i]["steps"]
+        forks = {f"{s['parent']}@{s['start_step']}" for s in self.segments.values()}
+        if any(f.split("@")[0] in mine and f not in self.forks for f in forks):
+            return None
         if not self.ready:
             return {}
         take = self._take()

@@ -120,15 +120,16 @@ def test_tree_gives_each_slot_its_share_of_the_ready_work():
     # 300 ready + 500 left in "a" over 2 slots: 400, so the last static trunk alone.
     assert list(tree.suggest("b")) == ["st-w0.5-s0"]
     tree.on_result({"segment": "pt-s0", "step": 100, "checkpoint_path": "/ck/1"})
-    tree.on_result({"segment": "pt-s0", "step": 200, "checkpoint_path": "/ck/2"})
-    tree.on_result({"segment": "st-w0.3-s0", "step": 300})
     tree.on_result({"segment": "st-w0.5-s0", "step": 100})
+    # "a" is done before its trunk's last fork reached the tree: it waits for that fork.
+    assert tree.more("a") is None
+    tree.on_result({"segment": "pt-s0", "step": 200, "checkpoint_path": "/ck/2"})
     # "a" has trained its own and asks for more: 4 branches of 100 + 200 left in "b", over 2.
     assert list(tree.more("a")) == ["tp-L100-w0.3-s0", "tp-L100-w0.5-s0", "tp-L200-w0.3-s0"]
     tree.on_result({"segment": "st-w0.5-s0", "step": 300})
     assert list(tree.more("b")) == ["tp-L200-w0.5-s0"]
-    assert tree.more("b") == {} and tree.finished()
-    assert list(tree.chain("b")) == ["st-w0.5-s0", "tp-L200-w0.5-s0"]
+    assert tree.finished() and list(tree.chain("b")) == ["st-w0.5-s0", "tp-L200-w0.5-s0"]
+    assert tree.more("a") == {}  # nothing left: "a" ends
     # A failed trial: its unfinished segments fail (their branches would never be issued).
     tree.on_complete("b", error=True)
     assert tree.failed == ["tp-L200-w0.5-s0"] and "b" not in tree.running
