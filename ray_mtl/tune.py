@@ -231,6 +231,7 @@ def dispatcher(name: str, state_uri: str, tree: Tree):
     written to ``state_uri`` before it is answered, so a sweep resumed after a crash knows each
     segment it had handed out."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
     class Dispatcher:
@@ -245,7 +246,9 @@ def dispatcher(name: str, state_uri: str, tree: Tree):
             return out
 
     write_text(state_uri, tree.to_json())
-    return Dispatcher.options(name=name).remote(tree.to_json())
+    # On the driver's node, as Ray Train's controller: a local state file is where --resume looks.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Dispatcher.options(name=name, scheduling_strategy=here).remote(tree.to_json())
 
 
 def _searcher_class():
