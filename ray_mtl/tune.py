@@ -132,8 +132,10 @@ class Tree:
         mine = self.issued.get(trial_id, [])
         for i in mine:  # trained, though their last results may not have arrived yet
             self.progress[i] = self.segments[i]["steps"]
-        forks = {f"{s['parent']}@{s['start_step']}" for s in self.segments.values()}
-        if any(f.split("@")[0] in mine and f not in self.forks for f in forks):
+        if any(
+            s["parent"] in mine and f"{s['parent']}@{s['start_step']}" not in self.forks
+            for s in self.segments.values()
+        ):
             return None
         if not self.ready:
             return {}
@@ -240,7 +242,7 @@ def dispatcher(name: str, state_uri: str, tree: Tree):
 
         def call(self, method: str, *args):
             out = getattr(self.tree, method)(*args)
-            # progress alone is not worth a write: it only balances the next chains
+            # progress alone is not worth a write: it only balances the next hand-outs
             if method in ("suggest", "more", "on_complete") or (method == "on_result" and out):
                 write_text(state_uri, self.tree.to_json())
             return out
@@ -266,7 +268,7 @@ def _searcher_class():
         def __init__(self, name: str, state_uri: str, tree: Tree | None = None) -> None:
             super().__init__(metric="step", mode="max")
             self.name, self.state_uri = name, state_uri
-            self.actor = tree and dispatcher(name, state_uri, tree)
+            self.actor = dispatcher(name, state_uri, tree) if tree else None
 
         def __getstate__(self) -> dict:  # Tune pickles this object; the actor is this run's
             return self.__dict__ | {"actor": None}
@@ -300,11 +302,11 @@ def _searcher_class():
 
 
 def _trial_name(trial) -> str:
-    """A trial's name (and its Train run's): the first segment it was given."""
+    """A trial's name: the first segment it was given (its Train run's adds the trial id)."""
     return next(iter(trial.config["segments"]))
 
 
-def run_chain(config: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any]) -> None:
     """A Tune trial: its segments, and any more the dispatcher gives it, as one Ray Train run
     whose metrics flow to Tune."""
     from ray import tune
@@ -562,7 +564,7 @@ def run_sweep(
         }
         for s in tree.segments.values()
     }
-    trainable = tune.with_resources(run_chain, {"CPU": 0.01})
+    trainable = tune.with_resources(run_trial, {"CPU": 0.01})
     fs, tune_dir = ray_storage(sweep_uri)
     name, state_uri = f"ray_mtl:{sweep_uri}", f"{sweep_uri}/tree_state.json"
     if resume:
