@@ -597,8 +597,8 @@ class SpaceConfig:
     checkpoint_every: int = 0
     """Extra checkpoints for fault recovery (0: fork steps and segment ends only)."""
     max_concurrent: int = 0
-    """Trials run at once, each one segment or a chain of them (0: as many as the cluster's
-    CPUs/GPUs fit)."""
+    """Tune trials run at once, each training segments one after another (0: as many as the
+    cluster's CPUs/GPUs fit)."""
     max_failures: int = 2
     """Restarts of a segment after a worker fault, each from its latest checkpoint."""
     storage: str = "runs"

@@ -484,8 +484,8 @@ def _connect_ray(dashboard: bool) -> None:
 
 
 def max_concurrent(space: SpaceConfig) -> int | None:
-    """Trials (segments or chains of them) to run at once: the space's setting, else what the
-    cluster fits now.
+    """Tune trials to run at once (each trains segments one after another): the space's
+    setting, else what the cluster fits now.
 
     Each trial holds its workers plus 0.01 CPU for the Tune trial that drives it; starting
     more than fit makes worker groups time out and retry. On GPUs with an autoscaler the cluster
