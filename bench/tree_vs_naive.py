@@ -7,7 +7,7 @@ Runs one grid twice on the same local Ray: as the segment tree (``run_sweep(spac
 naive Tune grid where every trial trains from scratch (``run_sweep(space, no_sharing=True)``).
 Reports steps and wall time of both and their ratios, the share of the Tune trials' time not
 spent in optimizer steps (Ray trial and worker-group start, data loading, evaluation,
-checkpoints; a trial trains one segment or a chain of them), and whether both frontiers hold the
+checkpoints; a trial trains segments one after another), and whether both frontiers hold the
 same trials with the same values. Goals: >= 2x fewer steps, >= 2x less wall time, overhead
 <= 10%. Output: bench/out/tree_vs_naive.json.
 

@@ -448,8 +448,7 @@ def train_chain(
             train(cfg, worker, tagged, resume, prepared[key])
             resume = None
         new = more() if more else {}
-        chain |= new
-        todo = list(new)
+        chain, todo = chain | new, list(new)
 
 
 def _from_rank0(worker: Worker, fn: Callable[[], Any]) -> Any:

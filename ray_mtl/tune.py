@@ -133,8 +133,8 @@ class Tree:
         for i in mine:  # trained, though their last results may not have arrived yet
             self.progress[i] = self.segments[i]["steps"]
         if any(
-            s["parent"] in mine and f"{s['parent']}@{s['start_step']}" not in self.forks
-            for s in self.segments.values()
+            self.segments[i]["parent"] in mine and self._fork(i) not in self.forks
+            for i in self.segments
         ):
             return None
         if not self.ready:
@@ -148,11 +148,15 @@ class Tree:
         return {i: self.config(i) for i in self.issued.get(trial_id, [])}
 
     def config(self, seg: str) -> dict:
-        spec = self.segments[seg]
-        train = dict(spec["train"])
-        if spec["parent"] is not None:
-            train["init_from"] = self.forks[f"{spec['parent']}@{spec['start_step']}"]
+        train = dict(self.segments[seg]["train"])
+        if self.segments[seg]["parent"] is not None:
+            train["init_from"] = self.forks[self._fork(seg)]
         return train
+
+    def _fork(self, seg: str) -> str:
+        """The key in ``forks`` of the checkpoint ``seg`` starts from."""
+        spec = self.segments[seg]
+        return f"{spec['parent']}@{spec['start_step']}"
 
     def finished(self) -> bool:
         """Every segment issued, or unreachable behind a failure."""
@@ -198,9 +202,7 @@ class Tree:
         if not path or key in self.forks:
             return False
         self.forks[key] = self.scheme + path if "://" not in path else path
-        for i, s in self.segments.items():
-            if s["parent"] == seg and s["start_step"] == step:
-                self.ready.append(i)
+        self.ready += [i for i in self.segments if self._fork(i) == key]
         return True
 
     def resumed(self, live: Tree) -> Tree:
@@ -247,10 +249,11 @@ def dispatcher(name: str, state_uri: str, tree: Tree):
                 write_text(state_uri, self.tree.to_json())
             return out
 
-    write_text(state_uri, tree.to_json())
+    state = tree.to_json()
+    write_text(state_uri, state)
     # On the driver's node, as Ray Train's controller: a local state file is where --resume looks.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return Dispatcher.options(name=name, scheduling_strategy=here).remote(tree.to_json())
+    return Dispatcher.options(name=name, scheduling_strategy=here).remote(state)
 
 
 def _searcher_class():
@@ -358,16 +361,18 @@ def _tree_progress_callback(plan_: Plan, sweep_uri: str):
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             seg = plan_.segments[result["segment"]]
+            self.steps[seg.id] = int(result["step"]) - seg.start_step
+            # timeline.json is written when a segment starts or ends, not at every result
             if seg.id not in self.timeline:
                 start = self.free_at.get(trial.trial_id, time.time())
                 self.timeline[seg.id] = {"trial": str(trial), "start": start}
-            self.steps[seg.id] = int(result["step"]) - seg.start_step
-            if "node_id" in result:
-                self.timeline[seg.id]["node"] = result["node_id"]
+                if "node_id" in result:
+                    self.timeline[seg.id]["node"] = result["node_id"]
+                self._write()
             if int(result["step"]) == seg.end_step and seg.id not in self.done:
                 self.done.add(seg.id)
                 self.free_at[trial.trial_id] = self.timeline[seg.id]["end"] = time.time()
-            self._write()
+                self._write()
             self._print()
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
