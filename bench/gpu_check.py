@@ -50,8 +50,10 @@ from ray_mtl.config import (
     TrainConfig,
 )
 from ray_mtl.data import prepare
-from ray_mtl.mixture import PAD, MixtureSampler, rates
+from ray_mtl.data.tokenizer import PAD
 from ray_mtl.model import Transformer
+from ray_mtl.rates import rates
+from ray_mtl.sampler import MixtureSampler
 
 PEAK_BF16 = 989e12  # dense bf16, H100 SXM and H200 (the same chip); ~790e12 measured here
 

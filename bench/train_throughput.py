@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import conftest  # noqa: E402,F401  (the quiet local-Ray settings the tests use)
 
-from ray_mtl import train  # noqa: E402
+from ray_mtl import ray_train, train  # noqa: E402
 from ray_mtl.config import (  # noqa: E402
     DataConfig,
     EvalConfig,
@@ -70,7 +70,7 @@ def main() -> None:
     plain_before = plain(0)
     ray.init(num_cpus=args.threads, include_dashboard=False, configure_logging=False)
     start = time.perf_counter()
-    result = train.ray_trainer({"bench": cfg}, "bench", str(tmp / "ray")).fit()
+    result = ray_train.ray_trainer({"bench": cfg}, "bench", str(tmp / "ray")).fit()
     ray_wall = time.perf_counter() - start
     ray.shutdown()
     if result.error:

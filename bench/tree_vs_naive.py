@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ray_mtl import frontier
+from ray_mtl import frontier, results
 from ray_mtl.config import SpaceConfig, load
 from ray_mtl.plan import naive, plan
 from ray_mtl.tune import run_sweep
@@ -75,10 +75,10 @@ def measure(space: SpaceConfig, no_sharing: bool) -> dict:
     t0 = time.perf_counter()
     sweep = Path(run_sweep(space, no_sharing=no_sharing, overwrite=True))
     wall = time.perf_counter() - t0
-    results = frontier.load_results(sweep)
-    frontier.write_frontier(results, sweep)
-    assert results.finished == len(plan_.trials), f"{sweep}: unfinished trials"
-    steps = step_seconds(results.metrics, plan_)
+    res = results.load_results(sweep)
+    results.write_frontier(res, sweep)
+    assert res.finished == len(plan_.trials), f"{sweep}: unfinished trials"
+    steps = step_seconds(res.metrics, plan_)
     trials = trial_seconds(sweep)
     per_trial = {
         name: {
@@ -118,7 +118,7 @@ def compare_fronts(tree_dir: str, naive_dir: str, rtol: float) -> dict:
     a = json.loads(Path(tree_dir, "frontier.json").read_text())["final"]
     b = json.loads(Path(naive_dir, "frontier.json").read_text())["final"]
     pts = {
-        name: frontier.trial_points(frontier.load_results(d), at="final").set_index("trial")
+        name: frontier.trial_points(results.load_results(d), at="final").set_index("trial")
         for name, d in (("tree", tree_dir), ("naive", naive_dir))
     }
     axes = a["axes"]

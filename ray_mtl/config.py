@@ -343,6 +343,23 @@ class OptimConfig:
         check(ok, "label_smoothing", "a number in [0, 1)", self.label_smoothing)
 
 
+def check_rates(
+    w: dict[str, float], tasks: list[str] | None = None, field: str = "rates"
+) -> dict[str, float]:
+    """Validate sampling rates (each in [0, 1], summing to 1) over ``tasks`` (None: any names);
+    returns a rate for every task (missing: 0). The one check of rates, wherever they come from."""
+    expected = ", ".join(tasks or [])
+    for name, r in w.items():
+        if tasks is not None and name not in tasks:
+            raise UserError(f"{field}.{name}: unknown task (expected one of {expected})")
+        if not (isinstance(r, int | float) and 0 <= r <= 1):
+            raise UserError(f"{field}.{name}: expected a rate in [0, 1], got {r!r}")
+    total = sum(w.values())
+    if abs(total - 1) > 1e-6:
+        raise UserError(f"{field}: expected rates summing to 1, got {round(total, 9)!r}")
+    return {name: float(w.get(name, 0.0)) for name in (w if tasks is None else tasks)}
+
+
 @dataclasses.dataclass
 class MixtureConfig:
     """How examples are drawn from tasks: one rule, turned into rates by ``mixture.rates``."""
@@ -363,10 +380,7 @@ class MixtureConfig:
     def __post_init__(self) -> None:
         if self.rule == "explicit":
             check(len(self.rates) > 0, "rates", "a rate per task for rule 'explicit'", self.rates)
-            for k, v in self.rates.items():
-                check(0 <= v <= 1, f"rates.{k}", "a rate in [0, 1]", v)
-            total = sum(self.rates.values())
-            check(abs(total - 1) < 1e-6, "rates", "rates summing to 1", round(total, 9))
+            check_rates(self.rates)
         check(self.temperature > 0, "temperature", "a positive number", self.temperature)
         if self.rule == "unimax":
             check(self.budget > 0, "budget", "a positive integer for rule 'unimax'", self.budget)
@@ -437,36 +451,24 @@ def check_pack_length(n: int, data: DataConfig, model: ModelConfig, batch_tokens
     check(ok, "pack_length", expected, n)
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """One training run (a segment): data, model, optimiser, phases, evaluation, checkpoints."""
+@dataclasses.dataclass(kw_only=True)
+class RunSettings:
+    """What a sweep's segments share with any training run: data, model, optimiser, evaluation,
+    workers, batches, checkpoints. ``TrainConfig`` and ``SpaceConfig`` both extend it, so a new
+    setting is one field here and reaches every segment of a sweep (``plan.segment_config``)."""
 
-    phases: list[PhaseConfig]
-    """The phases in order; a run from a fork checkpoint lists only the phases after the fork."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    """The prepared data to train on."""
+    """The prepared data to train on (in a space, ``tasks`` is filled from the task groups)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     """The model."""
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    """Optimiser and LR schedule."""
+    """Optimiser and LR schedule (reset at each phase that asks for it)."""
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     """Evaluation settings."""
     resources: ResourcesConfig = dataclasses.field(default_factory=ResourcesConfig)
-    """Workers and devices."""
+    """Workers and devices of one run (segment)."""
     batch_tokens: int = 4096
     """Padded tokens (source + target) per optimizer step, summed over all workers."""
-    seed: int = 0
-    """Seed for weights, sampling and dropout."""
-    eval_steps: list[int] = dataclasses.field(default_factory=list)
-    """Extra global steps to evaluate at (e.g. every L+F of a static trunk)."""
-    fork_steps: list[int] = dataclasses.field(default_factory=list)
-    """Global steps at which a checkpoint is kept for other segments to start from."""
-    checkpoint_every: int = 0
-    """Also checkpoint every this many steps, for fault recovery (0: only fork steps and end)."""
-    init_from: str | None = None
-    """A fork checkpoint (path or URI) to start from; its step becomes the start step."""
-    run_dir: str = "runs/train"
-    """Where metrics and checkpoints go (a local dir or a storage URI)."""
     pack_length: int = 0
     """0: batches of length-bucketed, padded rows. N > 0: pack several pairs into rows of N
     source and N target tokens, ``batch_tokens // (2 N)`` rows per batch (attention stays within a
@@ -474,23 +476,42 @@ class TrainConfig:
     model.max_len."""
     compile: bool = False
     """``torch.compile`` the training forward (worth it on GPU; evaluation stays eager)."""
+    checkpoint_every: int = 0
+    """Also checkpoint every this many steps, for fault recovery (0: only fork steps and end)."""
     max_failures: int = 0
     """Ray Train restarts after a worker fault, each from the latest checkpoint."""
 
     def __post_init__(self) -> None:
-        check(len(self.phases) > 0, "phases", "at least one phase", self.phases)
         check(self.batch_tokens >= 16, "batch_tokens", "an integer >= 16", self.batch_tokens)
         check_pack_length(self.pack_length, self.data, self.model, self.batch_tokens)
+        ok = self.checkpoint_every >= 0
+        check(ok, "checkpoint_every", "an integer >= 0", self.checkpoint_every)
+        check(self.max_failures >= 0, "max_failures", "an integer >= 0", self.max_failures)
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig(RunSettings):
+    """One training run (a segment): the shared settings, its phases, seed and checkpoints."""
+
+    phases: list[PhaseConfig]
+    """The phases in order; a run from a fork checkpoint lists only the phases after the fork."""
+    seed: int = 0
+    """Seed for weights, sampling and dropout."""
+    eval_steps: list[int] = dataclasses.field(default_factory=list)
+    """Extra global steps to evaluate at (e.g. every L+F of a static trunk)."""
+    fork_steps: list[int] = dataclasses.field(default_factory=list)
+    """Global steps at which a checkpoint is kept for other segments to start from."""
+    init_from: str | None = None
+    """A fork checkpoint (path or URI) to start from; its step becomes the start step."""
+    run_dir: str = "runs/train"
+    """Where metrics and checkpoints go (a local dir or a storage URI)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(len(self.phases) > 0, "phases", "at least one phase", self.phases)
         for name in ("fork_steps", "eval_steps"):
             steps = getattr(self, name)
             check(all(s > 0 for s in steps), name, "positive steps", steps)
-        ok = self.checkpoint_every >= 0
-        check(ok, "checkpoint_every", "an integer >= 0", self.checkpoint_every)
-
-    @property
-    def total_steps(self) -> int:
-        """Steps this run takes (from its start step)."""
-        return sum(p.steps for p in self.phases)
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,9 +583,9 @@ class GridConfig:
         check(len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds", self.seeds)
 
 
-@dataclasses.dataclass
-class SpaceConfig:
-    """A sweep: tasks, methods, grid, and the settings every segment shares."""
+@dataclasses.dataclass(kw_only=True)
+class SpaceConfig(RunSettings):
+    """A sweep: tasks, methods, grid, and (from ``RunSettings``) what every segment shares."""
 
     name: str
     """Sweep name; results go to ``<storage>/<name>/``."""
@@ -576,31 +597,14 @@ class SpaceConfig:
         default_factory=lambda: ["two_phase", "scalarization"]
     )
     """Methods to compare."""
-    data: DataConfig | None = None
-    """Data settings (``tasks`` is filled from the task groups)."""
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    """The model every segment trains."""
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    """Optimiser and LR schedule (reset at each phase that asks for it)."""
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-    """Evaluation settings."""
-    resources: ResourcesConfig = dataclasses.field(default_factory=ResourcesConfig)
-    """Workers per segment."""
-    batch_tokens: int = 4096
-    """Padded tokens per optimizer step, over all workers."""
-    pack_length: int = 0
-    """Pack pairs into fixed rows of this many tokens per side (0: padded rows); see TrainConfig."""
-    compile: bool = False
-    """``torch.compile`` the training forward (with ``pack_length``, on GPUs)."""
     tokens_per_example: int = 32
     """Mean padded tokens per pair, to turn UniMax's step budget into an example budget."""
-    checkpoint_every: int = 0
-    """Extra checkpoints for fault recovery (0: fork steps and segment ends only)."""
     max_concurrent: int = 0
     """Tune trials run at once, each training segments one after another (0: as many as the
     cluster's CPUs/GPUs fit)."""
     max_failures: int = 2
-    """Restarts of a segment after a worker fault, each from its latest checkpoint."""
+    """Restarts of a segment after a worker fault, each from its latest checkpoint (a sweep
+    retries by default; a single run does not)."""
     storage: str = "runs"
     """Storage path: a local dir, an NFS path, or ``s3://`` / ``gs://`` on clusters."""
 
@@ -616,14 +620,14 @@ class SpaceConfig:
         check(ok, "grid.temperatures", "temperatures for method 'temperature'", [])
         ok = "unimax" not in self.methods or self.grid.unimax_epochs
         check(ok, "grid.unimax_epochs", "epoch caps for method 'unimax'", [])
-        if self.data is None:
-            self.data = DataConfig(tasks=self.tasks.all)
-        else:
-            ok = self.data.tasks in (self.tasks.all, DataConfig().tasks)
-            check(ok, "data.tasks", "unset (the task groups name the tasks)", self.data.tasks)
-            self.data.tasks = self.tasks.all
-        check(self.batch_tokens >= 16, "batch_tokens", "an integer >= 16", self.batch_tokens)
-        check_pack_length(self.pack_length, self.data, self.model, self.batch_tokens)
+        ok = self.data.tasks in (self.tasks.all, DataConfig().tasks)
+        check(ok, "data.tasks", "unset (the task groups name the tasks)", self.data.tasks)
+        self.data.tasks = self.tasks.all
+        super().__post_init__()
         check(self.tokens_per_example >= 2, "tokens_per_example", ">= 2", self.tokens_per_example)
         check(self.max_concurrent >= 0, "max_concurrent", ">= 0", self.max_concurrent)
         check(bool(self.storage), "storage", "a path or URI", self.storage)
+
+    def settings(self) -> dict[str, Any]:
+        """The ``RunSettings`` fields of this space, as keyword arguments of a ``TrainConfig``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(RunSettings)}

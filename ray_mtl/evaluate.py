@@ -6,8 +6,8 @@
 
 ``table`` is a task's prepared split: ``src`` and ``tgt`` (list<int32>, the source starting with
 its language tag and both ending with EOS) and ``tgt_text`` (the reference). Evaluation always
-takes the first rows, so every evaluation of a run sees the same pairs. On CUDA the model runs
-under bf16 autocast, as in training; the loss itself is computed in float32.
+takes the first rows, so every evaluation of a run sees the same pairs. Precision and eval mode
+follow the model's policy (``model.autocast``, ``model.eval_mode``), as in training.
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ import pyarrow as pa
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
-from ray_mtl.model import BOS, PAD, Transformer, loss_fn, translate
+from ray_mtl.data.tokenizer import BOS, PAD
+from ray_mtl.model import Transformer, autocast, eval_mode, loss_fn, translate
+from ray_mtl.sampler import length_batches
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA (training and evaluation alike); off elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _pad(rows: list[list[int]]) -> torch.Tensor:
@@ -33,24 +30,6 @@ def _pad(rows: list[list[int]]) -> torch.Tensor:
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return out
-
-
-def _length_batches(sizes: list[tuple[int, int]], batch_tokens: int) -> list[list[int]]:
-    """Row indices sorted by (source, target) length, cut so padded src + tgt <= batch_tokens.
-
-    Sorting keeps padding small; a pair longer than the budget gets a batch of its own.
-    """
-    batches, current, max_s, max_t = [], [], 0, 0
-    for i in sorted(range(len(sizes)), key=lambda i: sizes[i]):
-        s, t = max(max_s, sizes[i][0]), max(max_t, sizes[i][1])
-        if current and (len(current) + 1) * (s + t) > batch_tokens:
-            batches.append(current)
-            current, s, t = [], sizes[i][0], sizes[i][1]
-        current.append(i)
-        max_s, max_t = s, t
-    if current:
-        batches.append(current)
-    return batches
 
 
 def batches_from_table(table: pa.Table, max_pairs: int, batch_tokens: int) -> list[Batch]:
@@ -61,7 +40,8 @@ def batches_from_table(table: pa.Table, max_pairs: int, batch_tokens: int) -> li
     first = table.slice(0, max_pairs)  # converting only what is used: test splits run to 17k
     src, tgt = first.column("src").to_pylist(), first.column("tgt").to_pylist()
     out = []
-    for idx in _length_batches([(len(src[i]), len(tgt[i])) for i in range(len(src))], batch_tokens):
+    lengths = [len(x) for x in src], [len(x) for x in tgt]
+    for idx in length_batches(*lengths, batch_tokens):
         out.append(
             (
                 _pad([src[i] for i in idx]),
@@ -72,22 +52,17 @@ def batches_from_table(table: pa.Table, max_pairs: int, batch_tokens: int) -> li
     return out
 
 
-@torch.no_grad()
 def cross_entropy(model: Transformer, batches: Iterable[Batch], device: torch.device) -> float:
     """Mean token-level cross-entropy (nats) over all non-PAD target tokens of ``batches``."""
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     total, count = torch.zeros((), device=device), torch.zeros((), device=device)
-    try:
+    with eval_mode(model):
         for src, tgt_in, tgt_out in batches:
             with autocast(device):
                 logits = model(src.to(device), tgt_in.to(device))
             loss, n = loss_fn(logits, tgt_out.to(device))
             total += loss
             count += n
-    finally:
-        model.train(was_training)
     return (total / count).item()
 
 
@@ -130,8 +105,8 @@ def evaluate_task(
     src, references = first.column("src").to_pylist(), first.column("tgt_text").to_pylist()
     hypotheses = [""] * len(src)
     # Beams multiply the batch: keep the decoded tokens per batch near batch_tokens.
-    sizes = [(2 * len(s), 0) for s in src]
-    for idx in _length_batches(sizes, max(1, batch_tokens // beam_size)):
+    decoded = [2 * len(s) for s in src]
+    for idx in length_batches(decoded, [0] * len(src), max(1, batch_tokens // beam_size)):
         with autocast(device):
             ids = translate(model, _pad([src[i] for i in idx]).to(device), beam_size=beam_size)
         for i, hyp in zip(idx, ids, strict=True):

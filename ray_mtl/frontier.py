@@ -1,115 +1,37 @@
 """Pareto frontiers of a sweep: per-trial points, non-dominated sets, hypervolume, dominance.
 
-    res = load_results("runs/smoke")            # metrics.parquet + trials.parquet
+    res = results.load_results("runs/smoke")         # ray_mtl.results: the sweep's tables
     pts = trial_points(res, at="best")                # one row per trial, one column per axis
     fr = frontier(res)                                # per method: front, hypervolume; dominance
-    write_frontier(res, "runs/smoke")           # frontier.json + frontier.parquet
 
-Pure functions over pandas/numpy (no Ray, no torch), so every view is tested in milliseconds.
-An axis is ``(task, metric)``, written ``"task/metric"`` in columns and JSON; the task ``high`` or
-``low`` means the mean over that group of tasks (each task at its own best step when
-``at="best"``), which is how a five-task space is drawn in two dimensions. Internally every axis
-is turned into "lower is better" by multiplying with ``-sense``.
+Pure functions over pandas/numpy (no Ray, no torch, no I/O), so every view is tested in
+milliseconds. An axis is ``(task, metric)``, written ``"task/metric"`` in columns and JSON; the
+task ``high`` or ``low`` means the mean over that group of tasks (each task at its own best step
+when ``at="best"``), which is how a five-task space is drawn in two dimensions. Internally every
+axis is turned into "lower is better" by multiplying with ``-sense``. Non-finite values (a
+diverged run's last evaluation) are never points, and a diverged trial is never on a front.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ray_mtl.config import load_yaml
 from ray_mtl.errors import UserError
-from ray_mtl.storage import atomic_write_json, atomic_write_parquet
+from ray_mtl.results import CONFIG_COLUMNS, GROUPS, KEY, METRIC_COLUMNS, SCHEMA
 
-SCHEMA = 1
+if TYPE_CHECKING:
+    from ray_mtl.results import Results
+
 SENSES = {"ce": -1, "loss": -1, "bleu": 1, "chrf": 1}
-GROUPS = ("high", "low")
-METRIC_COLUMNS = ("segment", "step", "task", "split", "metric", "value")
-CONFIG_COLUMNS = ("trial", "method", "L", "F", "w", "temperature", "max_epochs", "seed")
-CONFIG_COLUMNS += ("final_step", "status")
-TRIAL_COLUMNS = (*CONFIG_COLUMNS, "lineage")
-KEY = ["step", "task", "split", "metric"]
 
 Axis = tuple[str, str]
 At = Literal["best", "final"]
-
-
-@dataclass
-class Results:
-    """A sweep's results as read from disk."""
-
-    path: Path
-    name: str
-    tasks: dict[str, list[str]]
-    """``{"high": [...], "low": [...]}`` from space.yaml."""
-    metrics: pd.DataFrame
-    trials: pd.DataFrame
-
-    @property
-    def finished(self) -> int:
-        return int((self.trials["status"] == "finished").sum())
-
-    @property
-    def partial(self) -> bool:
-        return self.finished < len(self.trials)
-
-
-def _read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: not found (is this a sweep dir written by ray_mtl.tune?)")
-    try:
-        df = pq.read_table(path).to_pandas()
-    except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: cannot read Parquet ({e})") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: missing columns {missing}; found {list(df.columns)}")
-    return df
-
-
-def load_results(sweep_dir: str | Path) -> Results:
-    """Read a sweep dir; a missing dir, an empty sweep or another schema is a UserError."""
-    path = Path(sweep_dir).expanduser()
-    if not path.is_dir():
-        raise UserError(f"{path}: sweep dir not found")
-    meta_path = path / "results.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(
-            f"{meta_path}: not found (no results schema); this ray_mtl reads schema {SCHEMA}"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{meta_path}: cannot read ({e})") from None
-    schema = meta.get("schema") if isinstance(meta, dict) else None
-    if schema != SCHEMA:
-        raise UserError(
-            f"{meta_path}: results written by schema {schema}, this ray_mtl reads schema {SCHEMA}"
-        )
-    trials = _read_parquet(path / "trials.parquet", TRIAL_COLUMNS)
-    metrics = _read_parquet(path / "metrics.parquet", METRIC_COLUMNS)
-    if trials.empty:
-        raise UserError(f"{path / 'trials.parquet'}: no trials (empty sweep)")
-    if metrics.empty:
-        raise UserError(f"{path / 'metrics.parquet'}: no metrics yet (empty sweep)")
-    space_path = path / "space.yaml"
-    space = load_yaml(space_path) if space_path.is_file() else {}
-    space = space if isinstance(space, dict) else {}
-    tasks = space.get("tasks")
-    if not (isinstance(tasks, dict) and all(isinstance(tasks.get(g), list) for g in GROUPS)):
-        raise UserError(f"{space_path}: tasks: expected {{high: [...], low: [...]}}, got {tasks!r}")
-    name = str(space.get("name") or meta.get("sweep") or path.name)
-    tasks = {g: [str(t) for t in tasks[g]] for g in GROUPS}
-    trials = trials.assign(trial=trials["trial"].astype(str))
-    return Results(path=path, name=name, tasks=tasks, metrics=metrics, trials=trials)
 
 
 def trial_curves(results: Results) -> pd.DataFrame:
@@ -124,7 +46,7 @@ def trial_curves(results: Results) -> pd.DataFrame:
             ]
         except (ValueError, TypeError, KeyError) as e:
             raise UserError(
-                f"{results.path / 'trials.parquet'}: trial {trial}: lineage: expected a JSON list "
+                f"{results.file('trials.parquet')}: trial {trial}: lineage: expected a JSON list "
                 f"of {{segment, from_step, to_step}}, got {lineage!r} ({e})"
             ) from None
     pieces = pd.DataFrame(pieces, columns=["trial", "piece", "segment", "from_step", "to_step"])
@@ -243,7 +165,7 @@ def trial_points(
     axes = [parse_axis(a) for a in axes or default_axes(results)]
     curves = trial_curves(results) if curves is None else curves
     final = results.trials.set_index("trial")["final_step"]
-    c = curves[curves["split"] == split]
+    c = curves[(curves["split"] == split) & np.isfinite(curves["value"])]
     c = c[c["step"] <= c["trial"].map(final)]
     config = results.trials[[col for col in CONFIG_COLUMNS if col in results.trials]]
     out = config.set_index("trial")
@@ -263,6 +185,8 @@ def trial_points(
             cols = per_task.reindex(columns=group)
             # A mean over a group is only defined when every task of it has a value.
             out[axis_name((task, metric))] = cols.mean(axis=1, skipna=False).reindex(out.index)
+    if "status" in out:  # a diverged trial's earlier values are not a result of its method
+        out.loc[out["status"] == "diverged", [axis_name(a) for a in axes]] = np.nan
     return out.reset_index()
 
 
@@ -344,10 +268,9 @@ def frontier(
     return _jsonable(out)
 
 
-def write_frontier(
-    results: Results, sweep_dir: str | Path, axes: list[str | Axis] | None = None
-) -> dict:
-    """Write ``frontier.json`` (at best and at final) and ``frontier.parquet`` (every point)."""
+def frontier_files(results: Results, axes: list[str | Axis] | None = None):
+    """What ``frontier.json`` (at best and at final) and ``frontier.parquet`` (every point)
+    hold: ``(doc, table)``."""
     axes = [parse_axis(a) for a in axes or default_axes(results)]
     names, sense = [axis_name(a) for a in axes], senses(axes)
     curves = trial_curves(results)
@@ -361,8 +284,5 @@ def write_frontier(
             on[pts.index.get_indexer(idx)] = pareto_mask(pts.loc[idx, names].to_numpy(), sense)
         pts.insert(3, "on_front", on)
         tables.append(pts)
-    sweep_dir = Path(sweep_dir)
-    atomic_write_json(sweep_dir / "frontier.json", doc)
     table = pa.Table.from_pandas(pd.concat(tables, ignore_index=True), preserve_index=False)
-    atomic_write_parquet(sweep_dir / "frontier.parquet", table)
-    return doc
+    return doc, table

@@ -11,9 +11,13 @@ parameter takes part in ``forward`` (DDP without ``find_unused_parameters``); no
 ``forward`` breaks ``torch.compile`` or bf16 autocast. Decoding feeds one token at a time through
 a key/value cache.
 
-Token ids: PAD 0 (ignored by the loss and masked out of attention), BOS 2, EOS 3. Sequences are
-right-padded. Packed rows (several pairs per row, see ``mixture``) come with segment ids: attention
-stays within a pair and positions restart at each pair.
+Token ids (``ray_mtl.data.tokenizer``): PAD 0 (ignored by the loss and masked out of attention),
+BOS 2, EOS 3. Sequences are right-padded. Packed rows (several pairs per row, see ``sampler``)
+come with segment ids: attention stays within a pair and positions restart at each pair.
+
+Precision and mode policy, for training and evaluation alike: ``autocast(device)`` (bf16 on
+CUDA, off elsewhere; losses are computed in float32) and ``eval_mode(model)`` (no dropout, no
+gradients, the model's mode given back).
 """
 
 from __future__ import annotations
@@ -26,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_mtl.config import ModelConfig
-
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
+from ray_mtl.data.tokenizer import BOS, EOS, PAD
 
 # A decoding cache: one dict per decoder layer, holding "self" and "cross" (keys, values).
 Cache = list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
@@ -279,9 +282,15 @@ def token_losses(
 # --------------------------------------------------------------------------------------------
 
 
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA (training and evaluation alike); off elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Decode without dropout, then give the model back in the mode it came in."""
+def eval_mode(model: nn.Module):
+    """Evaluate or decode without dropout or gradients, then give the model back in the mode
+    it came in."""
     was_training = model.training
     model.eval()
     try:
@@ -301,7 +310,7 @@ def _strip(tokens: torch.Tensor) -> list[list[int]]:
 
 def greedy_decode(model: Transformer, src: torch.Tensor, max_len: int) -> list[list[int]]:
     """Most likely next token at each step, for a batch; at most ``max_len`` tokens (EOS too)."""
-    with _eval_mode(model):
+    with eval_mode(model):
         memory, src_pad_mask = model.encode(src)
         cache = model.new_cache()
         token = torch.full((src.size(0), 1), BOS, dtype=torch.long, device=src.device)
@@ -332,7 +341,7 @@ def beam_decode(
     """
     b, k = src.size(0), beam_size
     device = src.device
-    with _eval_mode(model):
+    with eval_mode(model):
         memory, src_pad_mask = model.encode(src)
         memory = memory.repeat_interleave(k, dim=0)
         src_pad_mask = src_pad_mask.repeat_interleave(k, dim=0)

@@ -12,7 +12,9 @@ training that actually runs. Because the LR schedule depends only on steps since
 - restart (L, w): a branch from the static trunk of w at L, with a reset, for F steps.
 - temperature, unimax: one static trunk per (T or epoch cap, seed), evaluated at every L + F.
 
-Pure logic (no Ray, no torch): the runner in ``tune.py`` turns segments into Tune trials.
+``segment_config`` composes a segment's ``TrainConfig`` from the space's shared settings
+(``RunSettings``) and the segment's own phases, seed and steps. Pure logic (no Ray, no torch):
+``scheduler.py`` decides who trains what; ``tune.py`` runs it on Ray Tune.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ray_mtl.config import MixtureConfig, PhaseConfig, SpaceConfig
+from ray_mtl.config import MixtureConfig, PhaseConfig, SpaceConfig, TrainConfig
+from ray_mtl.storage import join
 
 
 @dataclasses.dataclass
@@ -109,6 +112,22 @@ class Plan:
             "tree_steps": self.tree_steps,
             "naive_steps": self.naive_steps,
         }
+
+
+def segment_config(
+    space: SpaceConfig, seg: Segment, sweep: str, init_from: str | None = None
+) -> TrainConfig:
+    """The TrainConfig of one segment of ``space``'s sweep at ``sweep`` (``init_from``: its fork
+    checkpoint, once that exists)."""
+    return TrainConfig(
+        **space.settings(),
+        phases=seg.phases,
+        seed=seg.seed,
+        eval_steps=seg.eval_steps,
+        fork_steps=seg.fork_steps,
+        init_from=init_from,
+        run_dir=join(sweep, "segments", seg.id),
+    )
 
 
 def group_rates(high: list[str], low: list[str], w: float) -> dict[str, float]:

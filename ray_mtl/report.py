@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import io
+import json
 import math
 from pathlib import Path
 
@@ -22,20 +24,18 @@ from matplotlib.figure import Figure
 
 from ray_mtl.errors import UserError, cli
 from ray_mtl.frontier import (
-    GROUPS,
     At,
     Axis,
-    Results,
     axis_name,
     frontier,
-    load_results,
     pareto_mask,
     parse_axis,
     senses,
     trial_curves,
     trial_points,
 )
-from ray_mtl.storage import atomic_dir, atomic_write_json, ensure_writable_dir
+from ray_mtl.results import GROUPS, Results, load_results
+from ray_mtl.storage import ensure_writable_dir, join, list_dir, write_bytes, write_text
 
 METRIC_LABELS = {
     "ce": "cross-entropy (nats, lower is better)",
@@ -186,7 +186,7 @@ def plot_curves(
     config = results.trials.set_index("trial")
     unknown = sorted(set(trials) - set(config.index))
     if unknown:
-        raise UserError(f"trials {unknown}: not in {results.path / 'trials.parquet'}")
+        raise UserError(f"trials {unknown}: not in {results.file('trials.parquet')}")
     tasks = results.tasks["high"] + results.tasks["low"]
     rows = [("dev", "ce")]
     if ((curves["metric"] == "loss") & curves["task"].isin(tasks)).any():
@@ -381,7 +381,7 @@ def _html(results: Results, fr: dict, images: dict[str, bytes]) -> str:
 <html><head><meta charset="utf-8"><title>{html.escape(title(results))}</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
-<body><h1>{html.escape(title(results))}</h1>
+<body>{_partial_banner(results)}<h1>{html.escape(title(results))}</h1>
 <h2>Summary</h2><ul>{summary}</ul>
 <h2>Frontier points</h2>{table}
 {figs}
@@ -389,17 +389,50 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}<
 """
 
 
+REPORT_FILES = {*(f"{name}.png" for name in FIGURES), "frontier.json", "index.html"}
+"""What a report writes; the only files it ever replaces."""
+
+
+def _check_out(out: str) -> None:
+    """A report dir holds a report and nothing else: writing into a dir that holds other files
+    (the sweep itself, say) would replace what the report did not write."""
+    others = sorted(set(list_dir(out)) - REPORT_FILES)
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise UserError(
+            f"{out}: --out holds files the report did not write ({shown}); expected an empty "
+            "dir, a new one, or an earlier report"
+        )
+
+
+def _partial_banner(results: Results) -> str:
+    """The page's first line, when not every trial has finished: what is shown is not the end."""
+    if not results.partial:
+        return ""
+    counts = results.trials["status"].value_counts().to_dict()
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return (
+        f'<p style="background:#fde68a;padding:6px"><b>PARTIAL REPORT</b>: {results.finished} of '
+        f"{len(results.trials)} trials finished ({parts}); unfinished trials are hollow or "
+        "dashed.</p>"
+    )
+
+
 def build_report(
     sweep_dir: str | Path,
     out: str | Path | None = None,
     axes: list[str | Axis] | None = None,
     at: At = "best",
-) -> Path:
-    """Write the figures, frontier.json and index.html to ``out`` (default ``sweep/report``)."""
+) -> str | Path:
+    """Write the figures, frontier.json and index.html to ``out`` (default ``sweep/report``),
+    a dir or a storage URI; returns the page's path. Each file is written whole; ``index.html``
+    last, so a page never names a figure that is not there yet."""
     axes = [parse_axis(a) for a in axes] if axes else None
     results = load_results(sweep_dir)
-    out = Path(out) if out else results.path / "report"
-    ensure_writable_dir(out.parent, "report dir")
+    out = str(out) if out else results.file("report")
+    if "://" not in out:
+        out = str(ensure_writable_dir(out, "report dir"))
+    _check_out(out)
     curves = trial_curves(results)
     fr = frontier(results, axes, at)
     figs = {
@@ -409,14 +442,16 @@ def build_report(
         "length": plot_length_effect(results, at, curves=curves),
         "hypervolume": plot_hypervolume(results, fr),
     }
-    with atomic_dir(out) as tmp:
-        images = {}
-        for name, fig in figs.items():
-            fig.savefig(tmp / f"{name}.png", dpi=100)
-            images[name] = (tmp / f"{name}.png").read_bytes()
-        atomic_write_json(tmp / "frontier.json", fr)
-        (tmp / "index.html").write_text(_html(results, fr, images), encoding="utf-8")
-    return out / "index.html"
+    images = {}
+    for name, fig in figs.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        images[name] = buf.getvalue()
+        write_bytes(join(out, f"{name}.png"), images[name])
+    write_text(join(out, "frontier.json"), json.dumps(fr, indent=2, sort_keys=True) + "\n")
+    page = join(out, "index.html")
+    write_text(page, _html(results, fr, images))
+    return page if "://" in page else Path(page)
 
 
 @cli

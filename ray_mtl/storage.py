@@ -3,7 +3,10 @@
 Every artefact (manifest, shards, results, reports) is written to a temporary name in the same
 directory and then renamed into place, so a reader or a resumed sweep sees the old file or the
 new one, never a torn one. Storage paths may be local dirs, NFS mounts or ``s3://``/``gs://``
-URIs; ``filesystem(uri)`` returns the pyarrow filesystem and the path inside it.
+URIs, including S3-compatible stores given through pyarrow's URI options
+(``s3://bucket/path?endpoint_override=127.0.0.1:9000&scheme=http``); ``filesystem(uri)`` returns
+the pyarrow filesystem and the path inside it, and ``join`` builds URIs under another one with
+its options kept.
 """
 
 from __future__ import annotations
@@ -34,6 +37,43 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, OSError) as e:
         raise UserError(f"{uri}: cannot open storage ({e})") from None
+
+
+def join(uri: str, *parts: str) -> str:
+    """``uri/part/...``, keeping a URI's options (``?endpoint_override=...``) at its end."""
+    base, sep, query = str(uri).partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + sep + query
+
+
+def parent(uri: str) -> str:
+    """The dir holding ``uri`` (its options kept)."""
+    base, sep, query = str(uri).partition("?")
+    return base.rstrip("/").rsplit("/", 1)[0] + sep + query
+
+
+def with_path(uri: str, path: str) -> str:
+    """``path`` (as ``filesystem(uri)`` names paths) as a URI on ``uri``'s storage: Ray's
+    ``Checkpoint.path`` drops the scheme and options, and a URI needs both to be opened."""
+    if "://" not in uri:
+        return path
+    scheme, _, rest = uri.partition("://")
+    return f"{scheme}://{path.lstrip('/')}" + ("?" + rest.partition("?")[2] if "?" in rest else "")
+
+
+def check_storage(uri: str) -> None:
+    """Fail now, naming ``uri``, if its storage cannot be reached or its bucket does not exist
+    (rather than after the first segment has trained)."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        ensure_writable_dir(path, "storage path")
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except OSError as e:
+        raise UserError(f"{uri}: cannot reach storage ({e})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"{uri}: bucket {bucket!r} not found (expected an existing bucket)")
 
 
 def ray_storage(uri: str) -> tuple[pafs.FileSystem | None, str]:
@@ -123,13 +163,7 @@ def read_parquet(uri: str) -> pa.Table:
 
 def write_text(uri: str, text: str) -> None:
     """Write text to a local path (temp file + rename) or a URI (object PUTs are atomic)."""
-    if "://" not in uri:
-        atomic_write_text(uri, text)
-        return
-    fs, path = filesystem(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
+    write_bytes(uri, text.encode("utf-8"))
 
 
 def read_text(uri: str | Path) -> str:
@@ -141,9 +175,33 @@ def read_text(uri: str | Path) -> str:
         return f.read().decode("utf-8")
 
 
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write bytes to a local path (temp file + rename) or a URI (object PUTs are atomic)."""
+    if "://" not in uri:
+        atomic_write_bytes(uri, data)
+        return
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
 def is_file(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def list_dir(uri: str) -> list[str]:
+    """Names of the entries of a dir (empty if it does not exist)."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path)))
 
 
 def remove_tree(uri: str) -> None:

@@ -7,7 +7,11 @@ in milliseconds without it.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,12 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# The S3 API of moto_server on 127.0.0.1 (``s3`` below) takes any credentials; set before Ray
+# starts, so its workers (which write checkpoints and rows) see the same.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "moto-test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "moto-test")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +39,40 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "tatoeba").is_dir():
         pytest.skip(f"shipped corpora not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 API (moto_server) on 127.0.0.1 with an empty bucket ``ray-mtl``; yields the
+    URI options that reach it. Stopped by its PID at the end of the session."""
+    import boto3
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ray-mtl")
+        yield f"endpoint_override=127.0.0.1:{port}&scheme=http"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from ray_mtl import prepare, report, train, tune
+from ray_mtl import checkpoint, prepare, report, train, tune
 from ray_mtl.config import (
     DataConfig,
     EvalConfig,
@@ -137,7 +137,7 @@ def checkpoint_of(ctx: Ctx, model: ModelConfig) -> str:
         manifest_hash="x",
         model_state=Transformer(model, vocab).state_dict(),
     )
-    train.save_checkpoint_dir(ctx.tmp / "ckpt", state)
+    checkpoint.save_dir(ctx.tmp / "ckpt", state)
     return str(ctx.tmp / "ckpt")
 
 

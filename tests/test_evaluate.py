@@ -13,8 +13,8 @@ from test_model import (
     random_model,
 )
 
+from ray_mtl.data.tokenizer import BOS, PAD
 from ray_mtl.evaluate import batches_from_table, bleu_chrf, cross_entropy, evaluate_task
-from ray_mtl.model import BOS, PAD
 
 
 def test_batches_from_table(table):

@@ -3,7 +3,7 @@
     .venv/bin/python -m pytest -q tests/test_faults.py
 
 - Writes: a child process rewriting a large Parquet file and writing checkpoints through
-  ``ray_mtl.storage`` / ``train.save_checkpoint_dir`` is SIGKILLed at random moments while a reader
+  ``ray_mtl.storage`` / ``checkpoint.save_dir`` is SIGKILLed at random moments while a reader
   keeps reading; every file it left is absent or whole, and the reader never saw a torn one.
 - Worker: a Ray Train worker is SIGKILLed mid-segment; the run recovers from its latest
   checkpoint and ends with the same weights and dev CE as an uninterrupted run (deterministic
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ray_mtl import train
+from ray_mtl import checkpoint, ray_train, train
 from ray_mtl.config import (
     DataConfig,
     EvalConfig,
@@ -53,7 +53,7 @@ WRITER = r"""
 import sys, time
 import pyarrow as pa, torch
 from ray_mtl.storage import atomic_write_parquet
-from ray_mtl.train import save_checkpoint_dir
+from ray_mtl.checkpoint import save_dir as save_checkpoint_dir
 
 out = sys.argv[1]
 print("ready", flush=True)
@@ -85,7 +85,7 @@ def check_parquet(path: Path) -> int:
 
 def check_checkpoint(d: Path) -> None:
     """state.pt absent or whole (weights_only); meta.json absent or naming the same step."""
-    state_file, meta_file = d / train.STATE_FILE, d / train.META_FILE
+    state_file, meta_file = d / checkpoint.STATE_FILE, d / checkpoint.META_FILE
     if not state_file.exists():
         assert not meta_file.exists(), d  # meta is written after the state
         return
@@ -178,7 +178,7 @@ def max_step(uri: Path) -> int:
 def checkpoint_steps(root: Path, segment: str | None = None) -> list[int]:
     """Steps of the checkpoint dirs under ``root`` (Ray Train run dirs), registered or not;
     ``segment``'s only, if given (a run may train several)."""
-    metas = [json.loads(m.read_text()) for m in root.rglob(train.META_FILE)]
+    metas = [json.loads(m.read_text()) for m in root.rglob(checkpoint.META_FILE)]
     return sorted(m["step"] for m in metas if segment in (None, m["segment"]))
 
 
@@ -235,11 +235,11 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
 
     killer = threading.Thread(target=kill_mid_segment, daemon=True)
     killer.start()
-    trainer = train.ray_trainer(
+    trainer = ray_train.ray_trainer(
         {"first": first, "faulty": cfg},
         name="chain",
         storage_path=str(tmp_path),
-        callbacks=(train.rows_callback(str(tmp_path / "{segment}" / "metrics.parquet")),),
+        callbacks=(ray_train.RowsCallback(str(tmp_path / "{segment}" / "metrics.parquet")),),
     )
     result = trainer.fit()
     killer.join(timeout=10)
@@ -253,10 +253,10 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
     assert first_rows.stat().st_mtime_ns == killed["first"]
 
     final = torch.load(
-        Path(result.checkpoint.path) / train.STATE_FILE, map_location="cpu", weights_only=True
+        Path(result.checkpoint.path) / checkpoint.STATE_FILE, map_location="cpu", weights_only=True
     )
     ref_final = torch.load(
-        tmp_path / "reference" / "checkpoints" / f"step_{end:08d}" / train.STATE_FILE,
+        tmp_path / "reference" / "checkpoints" / f"step_{end:08d}" / checkpoint.STATE_FILE,
         map_location="cpu",
         weights_only=True,
     )
@@ -305,7 +305,7 @@ def experiment_status(sweep: Path) -> dict[str, str]:
 def segment_files(sweep: Path, segment: str) -> dict[Path, int]:
     """A segment's rows and checkpoint files (whichever trial's run they are in) -> mtime."""
     dirs = [sweep / "segments" / segment]
-    for meta in (sweep / "segments").rglob(train.META_FILE):
+    for meta in (sweep / "segments").rglob(checkpoint.META_FILE):
         if json.loads(meta.read_text())["segment"] == segment:
             dirs.append(meta.parent)
     return {p: p.stat().st_mtime_ns for d in dirs for p in d.rglob("*")}

@@ -19,14 +19,13 @@ from ray_mtl.frontier import (
     dominance,
     frontier,
     hypervolume,
-    load_results,
     pareto_mask,
     reference_point,
     senses,
     trial_curves,
     trial_points,
-    write_frontier,
 )
+from ray_mtl.results import load_results, write_frontier
 
 MIN2 = [-1, -1]
 

@@ -15,9 +15,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from ray_mtl.config import MixtureConfig, from_dict
+from ray_mtl.config import MixtureConfig, check_rates, from_dict
+from ray_mtl.data.tokenizer import BOS, EOS, PAD
 from ray_mtl.errors import UserError
-from ray_mtl.mixture import BOS, EOS, PAD, MixtureSampler, check_rates, rates
+from ray_mtl.rates import rates
+from ray_mtl.sampler import MixtureSampler
 
 # Train pairs of the shipped corpora (data/README.md).
 SIZES = {"deu": 169197, "fra": 167130, "spa": 118964, "ron": 14237, "ind": 7151}

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from ray_mtl import config
+from ray_mtl.checkpoint import load as load_checkpoint
 from ray_mtl.config import DataConfig, SpaceConfig, TaskSpec, from_dict, load_yaml
 from ray_mtl.errors import UserError
-from ray_mtl.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "ray_mtl").rglob("*.py"))
@@ -91,7 +91,7 @@ def test_hostile_checkpoint_runs_nothing(tmp_path):
     torch.save({"model_state": RunsCommand(marker)}, tmp_path / "ckpt" / "state.pt")
     cfg = config.TrainConfig(phases=[config.PhaseConfig(steps=1)])
     with pytest.raises(UserError, match="corrupt checkpoint"):
-        load_checkpoint(str(tmp_path / "ckpt"), cfg, vocab_size=100)
+        load_checkpoint(str(tmp_path / "ckpt"), cfg, vocab_size=100, manifest_hash="m")
     assert not marker.exists()
 
 

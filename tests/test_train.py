@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from ray_mtl import train
+from ray_mtl import ray_train, train
+from ray_mtl.checkpoint import STATE_FILE
 from ray_mtl.config import (
     DataConfig,
     EvalConfig,
@@ -69,7 +70,7 @@ def config(data_cfg: DataConfig, run_dir: Path, phases: list[PhaseConfig], **kw)
 
 
 def checkpoint(run_dir: Path, step: int) -> dict:
-    path = Path(run_dir) / "checkpoints" / f"step_{step:08d}" / train.STATE_FILE
+    path = Path(run_dir) / "checkpoints" / f"step_{step:08d}" / STATE_FILE
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -194,7 +195,8 @@ def test_decodes_and_scores_with_sacrebleu(data_cfg, tmp_path):
                 assert 0.0 <= final[f"{split}/{t}/{metric}"] <= 100.0
                 assert final[f"{split}/{t}/{metric}_signature"].startswith("nrefs:1|")
     assert 1 <= final["test/eng-ron/best_step"] <= 10
-    assert set(train.signatures(final)) == {"bleu_signature", "chrf_signature"}
+    signatures = {k.rsplit("/", 1)[-1] for k, v in final.items() if isinstance(v, str)}
+    assert signatures == {"bleu_signature", "chrf_signature"}
     rows = pq.read_table(tmp_path / "metrics.parquet").to_pylist()
     assert {(r["split"], r["metric"]) for r in rows} >= {("dev", "bleu"), ("test", "chrf")}
 
@@ -209,9 +211,9 @@ def _explicit(rates: dict) -> dict:
 
 
 def _corrupt(runs, tmp: Path) -> str:
-    good = runs["trunk"] / "checkpoints" / f"step_{L:08d}" / train.STATE_FILE
+    good = runs["trunk"] / "checkpoints" / f"step_{L:08d}" / STATE_FILE
     (tmp / "corrupt").mkdir()
-    (tmp / "corrupt" / train.STATE_FILE).write_bytes(good.read_bytes()[:5000])
+    (tmp / "corrupt" / STATE_FILE).write_bytes(good.read_bytes()[:5000])
     return str(tmp / "corrupt")
 
 
@@ -279,13 +281,13 @@ def ray_fit(data_cfg, tmp: Path, workers: int):
         resources=ResourcesConfig(num_workers=workers, cpus_per_worker=0.5),
     )
     rows = tmp / "metrics.parquet"
-    trainer = train.ray_trainer(
-        {"seg": cfg}, f"w{workers}", str(tmp), callbacks=(train.rows_callback(str(rows)),)
+    trainer = ray_train.ray_trainer(
+        {"seg": cfg}, f"w{workers}", str(tmp), callbacks=(ray_train.RowsCallback(str(rows)),)
     )
     result = trainer.fit()
     assert result.error is None
     with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / train.STATE_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     return result, state, rows
 
 

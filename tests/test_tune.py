@@ -18,9 +18,10 @@ import yaml
 
 from ray_mtl import train
 from ray_mtl.config import SpaceConfig, from_dict, load
-from ray_mtl.plan import naive, plan
+from ray_mtl.plan import naive, plan, segment_config
 from ray_mtl.report import FIGURES
-from ray_mtl.tune import Tree, main, segment_config
+from ray_mtl.scheduler import Tree
+from ray_mtl.tune import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_spaces" / "smoke.yaml"
@@ -91,11 +92,7 @@ def test_each_segment_trains_once_in_one_tune_trial(smoke_sweep):
 
 
 def tree_for(space: SpaceConfig, slots: int | None = None) -> Tree:
-    segments = {
-        s.id: {"parent": s.parent, "start_step": s.start_step, "steps": s.steps, "train": {}}
-        for s in plan(space).segments.values()
-    }
-    return Tree(segments, slots=slots)
+    return Tree(plan(space).segments, slots=slots)
 
 
 def test_tree_releases_a_branch_at_its_fork_while_the_trunk_runs():
@@ -108,7 +105,7 @@ def test_tree_releases_a_branch_at_its_fork_while_the_trunk_runs():
     assert tree.on_result({"segment": "pt-s0", "step": 100, "checkpoint_path": "/ck/100"})
     branches = [tree.suggest(f"t{i}") for i in (3, 4)]
     assert [list(b) for b in branches] == [["tp-L100-w0.3-s0"], ["tp-L100-w0.5-s0"]]
-    assert all(b[s]["init_from"] == "/ck/100" for b in branches for s in b)
+    assert all(tree.init_from(s) == "/ck/100" for b in branches for s in b)
     assert tree.suggest("t5") is None
 
 
@@ -129,7 +126,7 @@ def test_tree_gives_each_slot_its_share_of_the_ready_work():
     tree.on_result({"segment": "st-w0.5-s0", "step": 300})
     assert list(tree.more("b")) == ["tp-L200-w0.5-s0"]
     assert tree.finished() and list(tree.chain("b")) == ["st-w0.5-s0", "tp-L200-w0.5-s0"]
-    assert tree.more("a") == {}  # nothing left: "a" ends
+    assert tree.more("a") == []  # nothing left: "a" ends
     # A failed trial: its unfinished segments fail (their branches would never be issued).
     tree.on_complete("b", error=True)
     assert tree.failed == ["tp-L200-w0.5-s0"] and "b" not in tree.running

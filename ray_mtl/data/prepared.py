@@ -87,6 +87,11 @@ class Prepared:
         """Training pairs of ``task``."""
         return self._task(task)["counts"]["train"]
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Training pairs of every task, in task order (what the rate rules take)."""
+        return {t: self.size(t) for t in self.tasks}
+
     def lang_tag_id(self, task: str) -> int:
         """Id of the task's target-language tag (the first source token)."""
         return self._sp.piece_to_id(self._task(task)["tag"])

@@ -1,7 +1,6 @@
-"""Task mixtures: the rate rules, and a sampler that draws token-budgeted batches from them.
+"""The task sampler: token-budgeted batches drawn from a mixture of tasks at given rates.
 
-    w = rates({"eng-fra": 167130, "eng-ron": 14237}, MixtureConfig(rule="temperature",
-                                                                   temperature=5.0))
+    w = rates(sizes, mixture)                # ray_mtl.rates
     sampler = MixtureSampler({"eng-fra": (table["src"], table["tgt"]), ...}, w,
                              batch_tokens=4096, seed=0, rank=rank, world_size=world_size)
     batch = sampler.next_batch()             # Batch(src, tgt_in, tgt_out, task_ids, n_tokens)
@@ -26,7 +25,7 @@ DDP: ``batch_tokens`` is the global budget. Every rank simulates the same global
 takes rows ``[rank::world_size]`` of each global batch, so 2 ranks see exactly the examples of
 1 rank with the same budget (a global batch always has at least ``world_size`` examples).
 
-The rate rules are pure Python; torch is imported only when a batch is built.
+Numpy until a batch is built; torch is imported only then.
 """
 
 from __future__ import annotations
@@ -37,85 +36,38 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ray_mtl.config import MixtureConfig
+from ray_mtl.config import check_rates
+from ray_mtl.data.tokenizer import BOS, PAD
 from ray_mtl.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-PAD, BOS, EOS = 0, 2, 3
 
-# --------------------------------------------------------------------------------------------
-# Rate rules
-# --------------------------------------------------------------------------------------------
+def length_batches(
+    src_len: np.ndarray, tgt_len: np.ndarray, batch_tokens: int, min_rows: int = 1
+) -> list[list[int]]:
+    """Row indices sorted by length and cut so that each batch's padded size
+    ``rows * (max source + max target)`` stays within ``batch_tokens``.
 
-
-def rates(sizes: dict[str, int], cfg: MixtureConfig) -> dict[str, float]:
-    """Sampling rates for every task in ``sizes`` (examples per task), summing to 1.
-
-    explicit: ``cfg.rates`` (unnamed tasks get 0). proportional: ``p_i ∝ n_i``. temperature:
-    ``p_i ∝ n_i^(1/T)``. unimax (Chung et al. 2023): a budget of ``B`` examples; tasks are visited
-    from smallest to largest and each gets ``min(remaining / tasks_left, max_epochs * n_i)``;
-    the allocations are normalised. Derived rules mix ``cfg.tasks`` (empty: all); others get 0.
+    Sorting keeps padding small. A batch holds at least ``min_rows`` rows (one per DDP rank),
+    even past the budget; a short last batch joins the one before it.
     """
-    expected = ", ".join(sorted(sizes))
-    for name, n in sizes.items():
-        if not (isinstance(n, int) and n >= 0):
-            raise ValueError(f"size of task {name!r} must be an int >= 0, got {n!r}")
-    if cfg.rule == "explicit":
-        for name, r in cfg.rates.items():
-            if name not in sizes:
-                raise UserError(f"mixture.rates.{name}: unknown task (expected one of {expected})")
-            if r > 0 and sizes[name] == 0:
-                raise UserError(f"mixture.rates.{name}: rate {r} for a task with no examples")
-        weights = {name: float(r) for name, r in cfg.rates.items()}
-    else:
-        for i, name in enumerate(cfg.tasks):
-            if name not in sizes:
-                raise UserError(
-                    f"mixture.tasks[{i}]: unknown task {name!r} (expected one of {expected})"
-                )
-        n = {name: sizes[name] for name in (cfg.tasks or sizes)}
-        if cfg.rule == "proportional":
-            weights = {name: float(v) for name, v in n.items()}
-        elif cfg.rule == "temperature":
-            weights = {name: v ** (1 / cfg.temperature) if v else 0.0 for name, v in n.items()}
-        else:
-            weights = _unimax(n, cfg.budget, cfg.max_epochs)
-    total = sum(weights.values())
-    if total <= 0:
-        raise UserError(f"mixture: rule {cfg.rule!r} gives no task a positive rate")
-    return {name: weights.get(name, 0.0) / total for name in sizes}
-
-
-def _unimax(sizes: dict[str, int], budget: int, max_epochs: float) -> dict[str, float]:
-    """UniMax allocations (examples per task) for a budget of ``budget`` examples."""
-    alloc = {}
-    remaining = float(budget)
-    order = sorted(sizes, key=lambda name: (sizes[name], name))
-    for i, name in enumerate(order):
-        alloc[name] = min(remaining / (len(order) - i), max_epochs * sizes[name])
-        remaining -= alloc[name]
-    return alloc
-
-
-def check_rates(w: dict[str, float], tasks: list[str], field: str = "rates") -> dict[str, float]:
-    """Validate sampling rates over ``tasks``; returns a rate for every task (missing: 0)."""
-    expected = ", ".join(tasks)
-    for name, r in w.items():
-        if name not in tasks:
-            raise UserError(f"{field}.{name}: unknown task (expected one of {expected})")
-        if not (isinstance(r, int | float) and 0 <= r <= 1):
-            raise UserError(f"{field}.{name}: expected a rate in [0, 1], got {r!r}")
-    total = sum(w.values())
-    if abs(total - 1) > 1e-6:
-        raise UserError(f"{field}: expected rates summing to 1, got {round(total, 9)!r}")
-    return {name: float(w.get(name, 0.0)) for name in tasks}
-
-
-# --------------------------------------------------------------------------------------------
-# Sampler
-# --------------------------------------------------------------------------------------------
+    src_len, tgt_len = np.asarray(src_len), np.asarray(tgt_len)
+    order = np.lexsort((src_len + tgt_len, np.maximum(src_len, tgt_len)))
+    batches, cur, ms, mt = [], [], 0, 0
+    for j in order.tolist():
+        s, t = max(ms, src_len[j]), max(mt, tgt_len[j])
+        if len(cur) >= min_rows and (len(cur) + 1) * (s + t) > batch_tokens:
+            batches.append(cur)
+            cur, s, t = [], src_len[j], tgt_len[j]
+        cur.append(j)
+        ms, mt = s, t
+    if batches and len(cur) < min_rows:
+        batches[-1].extend(cur)
+    elif cur:
+        batches.append(cur)
+    return batches
 
 
 @dataclasses.dataclass
@@ -317,20 +269,7 @@ class MixtureSampler:
                 if cost >= budget and len(rows) >= self.world_size:
                     break
         rows = np.array(rows, dtype=np.int64)
-        src_len, tgt_len = np.array(src_len), np.array(tgt_len)
-        order = np.lexsort((src_len + tgt_len, np.maximum(src_len, tgt_len)))
-        batches, cur, ms, mt = [], [], 0, 0
-        for j in order.tolist():
-            s, t = max(ms, src_len[j]), max(mt, tgt_len[j])
-            if len(cur) >= self.world_size and (len(cur) + 1) * (s + t) > self.batch_tokens:
-                batches.append(cur)
-                cur, s, t = [], src_len[j], tgt_len[j]
-            cur.append(j)
-            ms, mt = s, t
-        if len(cur) < self.world_size:  # too few rows for every rank: join the previous batch
-            batches[-1].extend(cur)
-        else:
-            batches.append(cur)
+        batches = length_batches(src_len, tgt_len, self.batch_tokens, min_rows=self.world_size)
         return [rows[batches[b]] for b in rng.permutation(len(batches)).tolist()]
 
     def next_batch(self) -> Batch:

@@ -1,0 +1,180 @@
+"""The scheduler of a sweep: which segments each trial trains, and when a branch is ready.
+
+    tree = Tree(plan.segments, slots=2, storage=sweep_uri)
+    tree.suggest("t1")              # ["pt-s0"]: trunks at once
+    tree.on_result({"segment": "pt-s0", "step": 100, "checkpoint_path": ".../checkpoint_0"})
+    tree.more("t1")                 # ["tp-L100-w0.3-s0", ...]: branches once their fork exists
+    tree.init_from("tp-L100-w0.3-s0")   # the fork checkpoint's URI
+
+Plain data over ``plan.Segment`` (no Ray): ``ray_mtl.tune`` holds a ``Tree`` in a named actor
+that Tune's searcher and each trial's rank-0 worker ask. ``to_json``/``from_json`` write and read
+its whole state, which is how a sweep resumed after a crash knows what it had handed out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ray_mtl.config import from_dict
+from ray_mtl.plan import Segment
+from ray_mtl.storage import with_path
+
+
+class Tree:
+    """Which segments each Tune trial trains: trunks at once, branches once their fork exists.
+
+    A trial takes ready segments in order (those others fork from first) until it holds its
+    share of the work known now: the ready segments' steps plus what running trials have left,
+    over ``slots`` (trials at once; ``None``: one segment at a time). When it has trained them
+    it asks for ``more`` under the same rule, so a trial goes on while there is work for it and
+    Ray Train starts about once per slot rather than once per segment.
+    """
+
+    def __init__(self, segments: dict[str, Segment], slots: int | None = None, storage: str = ""):
+        self.segments = segments
+        self.slots = slots
+        self.storage = storage
+        """A URI of the sweep: fork paths (Ray's ``Checkpoint.path`` drops the scheme and the
+        URI's options) become URIs on its storage."""
+        self.ready = [i for i, s in segments.items() if s.parent is None]
+        self.issued: dict[str, list[str]] = {}  # Tune trial id -> its segments, in order
+        self.running: list[str] = []  # Tune trial ids
+        self.progress: dict[str, int] = {}  # segment -> steps done
+        self.failed: list[str] = []  # segments of trials that errored (a rerun may clear them)
+        self.diverged: list[str] = []  # segments whose loss went non-finite (final)
+        self.forks: dict[str, str] = {}  # "<segment>@<step>" -> checkpoint URI
+
+    def to_json(self) -> str:
+        state = self.__dict__ | {
+            "segments": [dataclasses.asdict(s) for s in self.segments.values()]
+        }
+        return json.dumps(state)
+
+    @classmethod
+    def from_json(cls, text: str) -> Tree:
+        state = json.loads(text)
+        segments = [from_dict(Segment, s) for s in state.pop("segments")]
+        tree = cls({s.id: s for s in segments})
+        tree.__dict__.update(state)
+        return tree
+
+    def suggest(self, trial_id: str) -> list[str] | None:
+        """A new trial's first segments, or None if none is ready."""
+        if not self.ready:
+            return None
+        self.running.append(trial_id)
+        return self.more(trial_id)
+
+    def more(self, trial_id: str) -> list[str] | None:
+        """Segments for a trial that has trained those it was given (empty: none ready, it may
+        end; None: forks of its own are still on their way here, ask again)."""
+        mine = self.issued.get(trial_id, [])
+        for i in mine:  # trained, though their last results may not have arrived yet
+            self.progress[i] = self.segments[i].steps
+        waiting = [
+            i
+            for i, s in self.segments.items()
+            if s.parent in mine
+            and s.parent not in self.diverged
+            and self._fork(i) not in self.forks
+        ]
+        if waiting:
+            return None
+        if not self.ready:
+            return []
+        take = self._take()
+        self.issued.setdefault(trial_id, []).extend(take)
+        return take
+
+    def chain(self, trial_id: str) -> list[str]:
+        """All segments issued to a trial so far, in order (a restarted trial goes on in them)."""
+        return list(self.issued.get(trial_id, []))
+
+    def init_from(self, seg: str) -> str | None:
+        """The checkpoint URI a segment starts from (None: a trunk)."""
+        return None if self.segments[seg].parent is None else self.forks[self._fork(seg)]
+
+    def _fork(self, seg: str) -> str:
+        """The key in ``forks`` of the checkpoint ``seg`` starts from."""
+        s = self.segments[seg]
+        return f"{s.parent}@{s.start_step}"
+
+    def finished(self) -> bool:
+        """Every segment issued, or unreachable behind a failure or a divergence."""
+        issued = sum(len(c) for c in self.issued.values())
+        return issued + len(self.unreachable()) >= len(self.segments)
+
+    def _left(self, seg: str) -> int:
+        return self.segments[seg].steps - self.progress.get(seg, 0)
+
+    def _take(self) -> list[str]:
+        parents = {s.parent for s in self.segments.values()}
+        order = sorted(self.ready, key=lambda i: i not in parents)  # stable
+        take = order[:1]
+        if self.slots:
+            running = sum(self._left(i) for t in self.running for i in self.issued.get(t, []))
+            share = (sum(self._left(i) for i in order) + running) / self.slots
+            while len(take) < len(order) and sum(self._left(i) for i in take) < share:
+                take.append(order[len(take)])
+        for i in take:
+            self.ready.remove(i)
+        return take
+
+    def unreachable(self) -> set[str]:
+        """Segments that can never start because an ancestor failed or diverged before their
+        fork step."""
+        issued = {i for c in self.issued.values() for i in c}
+        dead = set(self.failed) | set(self.diverged)
+        out: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for i, s in self.segments.items():
+                no_fork = self._fork(i) not in self.forks
+                bad = (s.parent in dead and no_fork) or s.parent in out
+                if bad and i not in out and i not in issued:
+                    out.add(i)
+                    changed = True
+        return out
+
+    def on_result(self, result: dict) -> bool:
+        """Records progress; True when the result is a new fork (its branches are ready) or a
+        divergence (its unforked branches never will be)."""
+        seg, step = result["segment"], int(result["step"])
+        self.progress[seg] = step - self.segments[seg].start_step
+        if result.get("diverged"):
+            if seg not in self.diverged:
+                self.diverged.append(seg)
+            return True
+        path = result.get("checkpoint_path")
+        key = f"{seg}@{step}"
+        if not path or key in self.forks:
+            return False
+        self.forks[key] = path if "://" in path else with_path(self.storage, path)
+        self.ready += [i for i in self.segments if self._fork(i) == key]
+        return True
+
+    def resumed(self, live: Tree) -> Tree:
+        """The tree to resume with, from this one (saved by Tune with its trials) and ``live``
+        (written at every change, so possibly newer): each trial Tune saved keeps every segment
+        ``live`` had handed it; those handed to trials Tune never saved are ready again."""
+        tree = Tree.from_json(live.to_json())
+        lost = [i for t, c in live.issued.items() if t not in self.issued for i in c]
+        tree.issued = {t: c for t, c in live.issued.items() if t in self.issued}
+        tree.running = [t for t in live.running if t in self.issued]
+        tree.ready = lost + [i for i in live.ready if i not in lost]
+        tree.failed = [i for i in live.failed if i not in lost]
+        tree.diverged = [i for i in live.diverged if i not in lost]
+        for i in lost:
+            tree.progress.pop(i, None)
+        return tree
+
+    def on_complete(self, trial_id: str, error: bool) -> None:
+        if trial_id in self.running:
+            self.running.remove(trial_id)
+        chain = self.issued.get(trial_id, [])
+        if error:  # the segment that failed and those after it in the trial
+            self.failed += [i for i in chain if self._left(i) > 0 and i not in self.failed]
+        else:  # a rerun (Tuner.restore with resume_errored) that got through
+            self.failed = [i for i in self.failed if i not in chain]
