@@ -2,7 +2,8 @@
 
     res = results.load_results("runs/smoke")         # ray_mtl.results: the sweep's tables
     pts = trial_points(res, at="best")                # one row per trial, one column per axis
-    fr = frontier(res)                                # per method: front, hypervolume; dominance
+    fr = frontier(res)                                # per method: fronts, hypervolume,
+                                                      # dominance, statistics over seeds
 
 Pure functions over pandas/numpy (no Ray, no torch, no I/O), so every view is tested in
 milliseconds. An axis is ``(task, metric)``, written ``"task/metric"`` in columns and JSON; the
@@ -190,6 +191,15 @@ def trial_points(
     return out.reset_index()
 
 
+def high_low_pair(results: Results, axes: list[Axis]) -> tuple[str, str] | None:
+    """Names of the first high-resource and the first low-resource axis, or None without both."""
+    first = [
+        next((axis_name(a) for a in axes if a[0] == g or a[0] in results.tasks[g]), None)
+        for g in GROUPS
+    ]
+    return tuple(first) if all(first) else None
+
+
 def _jsonable(x):
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -208,9 +218,11 @@ def frontier(
     at: At = "best",
     points: pd.DataFrame | None = None,
 ) -> dict:
-    """Per method: front members, hypervolume (pooled and per seed); a dominance table.
+    """Per method: front members, hypervolume (pooled and per seed); dominance; statistics.
 
     One reference point for all methods (worst over every trial), so hypervolumes compare.
+    ``statistics`` holds ``stats.seed_statistics`` over the seeds, on the first high- and
+    low-resource axes where the comparison needs two.
     """
     axes = [parse_axis(a) for a in axes or default_axes(results)]
     names, sense = [axis_name(a) for a in axes], senses(axes)
@@ -230,6 +242,7 @@ def frontier(
         },
         "methods": {},
         "dominance": {},
+        "statistics": None,
     }
     if pts.empty:
         out["reference_point"] = None
@@ -240,15 +253,17 @@ def frontier(
         f"worst value per axis over all {len(pts)} trials of all methods, pushed out by 10% "
         "of that axis' range"
     )
-    fronts = {}
+    pair = high_low_pair(results, axes)
+    fronts, hv_by_seed, pair_points = {}, {}, {} if pair else None
     for method, m in pts.groupby("method", sort=True):
         values = m[names].to_numpy()
         on = pareto_mask(values, sense)
         fronts[method] = values[on]
-        by_seed = {
-            int(seed): hypervolume(s[names].to_numpy(), ref, sense)
-            for seed, s in m.groupby("seed", sort=True)
-        }
+        seeds = dict(list(m.groupby("seed", sort=True)))
+        by_seed = {int(k): hypervolume(s[names].to_numpy(), ref, sense) for k, s in seeds.items()}
+        hv_by_seed[method] = by_seed
+        if pair:
+            pair_points[method] = {int(k): s[list(pair)].to_numpy() for k, s in seeds.items()}
         members = m[on].sort_values(names[0])
         out["methods"][method] = {
             "trials": len(m),
@@ -261,10 +276,19 @@ def frontier(
             ],
             "hypervolume": hypervolume(values, ref, sense),
             "hypervolume_by_seed": by_seed,
+            "front_by_seed": {
+                int(k): s["trial"][pareto_mask(s[names].to_numpy(), sense)].tolist()
+                for k, s in seeds.items()
+            },
         }
     out["dominance"] = {
         a: {b: dominance(fronts[a], fronts[b], sense) for b in fronts if b != a} for a in fronts
     }
+    # stats builds on this module's Pareto functions: imported here to keep the import one-way.
+    from ray_mtl.stats import seed_statistics
+
+    stats = seed_statistics(hv_by_seed, pair_points, senses(pair) if pair else [])
+    out["statistics"] = {"axes": pair, **stats}
     return _jsonable(out)
 
 

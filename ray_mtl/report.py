@@ -35,6 +35,7 @@ from ray_mtl.frontier import (
     trial_points,
 )
 from ray_mtl.results import GROUPS, Results, load_results
+from ray_mtl.stats import A_BETTER, NOT_DISTINGUISHABLE, attainment_front
 from ray_mtl.storage import ensure_writable_dir, join, list_dir, write_bytes, write_text
 
 METRIC_LABELS = {
@@ -113,6 +114,11 @@ def _draw_front(ax, results: Results, pts: pd.DataFrame, axes: list[Axis]) -> No
                 ax.scatter(*values[s].T, s=36, facecolors=face, edgecolors=color, alpha=alpha)
         line = _staircase(values[on], sense)
         ax.plot(*line.T, color=color, label=f"{method} ({on.sum()} on front)")
+        seeds = [s[names].to_numpy() for _, s in m.groupby("seed")]
+        if len(seeds) > 1:  # with one seed the median front is the front itself
+            median = _staircase(attainment_front(seeds, sense), sense)
+            label = f"{method} median attainment ({len(seeds)} seeds)"
+            ax.plot(*median.T, color=color, ls="--", lw=2.5, alpha=0.6, label=label)
     ax.set_xlabel(axis_label(results, axes[0]))
     ax.set_ylabel(axis_label(results, axes[1]))
     ax.grid(alpha=0.3)
@@ -127,8 +133,9 @@ def plot_fronts(
     """Per-method Pareto fronts, high- vs low-resource, for dev CE (and chrF/BLEU when present).
 
     Every trial is a point; dominated ones are faded, unfinished ones hollow; each front is a
-    staircase. With several low-resource tasks, one extra CE panel per low-resource task. Two
-    ``axes`` draw that pair only.
+    staircase; dashed, where a method has several seeds, its median attainment front: what at
+    least half of the seeds' fronts reach (``stats.attainment_front``). With several low-resource
+    tasks, one extra CE panel per low-resource task. Two ``axes`` draw that pair only.
     """
     curves = trial_curves(results) if curves is None else curves
     panels = [[("high", m), ("low", m)] for m in front_metrics(results)]
@@ -335,7 +342,7 @@ def plot_hypervolume(results: Results, fr: dict) -> Figure:
 
 
 def summary_text(fr: dict) -> list[str]:
-    """Sentences: reference point, hypervolume ranking, pairwise front dominance."""
+    """Sentences: reference point, hypervolume ranking, pairwise front dominance, statistics."""
     if not fr["methods"]:
         return ["No trial has values on every axis yet."]
     ref = ", ".join(f"{a} {r:.3g}" for a, r in zip(fr["axes"], fr["reference_point"], strict=True))
@@ -355,7 +362,104 @@ def summary_text(fr: dict) -> list[str]:
                 f"{a}'s front weakly dominates {ab:.0%} of {b}'s front points; "
                 f"{b}'s front dominates {ba:.0%} of {a}'s."
             )
-    return out
+    return out + statistics_text(fr)
+
+
+def _g(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def _interval(iv: list[float] | None) -> str:
+    return "" if iv is None else f"[{iv[0]:.4g}, {iv[1]:.4g}]"
+
+
+def _pair_sentence(p: dict, on: str, level: float) -> str:
+    """One pair's verdict in words; "cannot tell apart" wherever the interval holds 0 or is None."""
+    a, b, n = p["a"], p["b"], len(p["seeds"])
+    diff = f"mean difference {a} - {b} {_g(p['difference'])}"
+    if p["interval"] is None:
+        if n == 0:
+            return f"The seeds cannot tell {a} and {b} apart on {on}: they share no seed."
+        return (
+            f"The seeds cannot tell {a} and {b} apart on {on}: one common seed ({diff}) is too "
+            "few for an interval."
+        )
+    ci = f"{level:.0%} interval {_interval(p['interval'])} over {n} paired seeds"
+    if p["verdict"] == NOT_DISTINGUISHABLE:
+        return f"The seeds cannot tell {a} and {b} apart on {on}: {diff}, {ci} holds 0."
+    win, lose = (a, b) if p["verdict"] == A_BETTER else (b, a)
+    return f"{win} is better than {lose} on {on}: {diff}, {ci}."
+
+
+def _matched_on(st: dict) -> str:
+    high, low = st["axes"]
+    return f"{low} at {high} = {_g(st['matched']['at'])}"
+
+
+def statistics_text(fr: dict) -> list[str]:
+    """Sentences over seeds: hypervolume spread, pairwise bootstrap, the matched comparison."""
+    st = fr.get("statistics")
+    if not st:
+        return []
+    level = st["bootstrap"]["level"]
+    spread = {
+        m: f"{_g(h['mean'])} (one seed)"
+        if h["n"] < 2
+        else f"{_g(h['mean'])} ± {_g(h['std'])} ({_g(h['min'])} to {_g(h['max'])}, {h['n']} seeds)"
+        for m, h in st["hypervolume"].items()
+    }
+    out = [
+        "Hypervolume over seeds (mean ± std, min to max): "
+        + "; ".join(f"{m} {v}" for m, v in spread.items())
+        + f". Intervals: percentile bootstrap of the mean over seeds, "
+        f"{st['bootstrap']['resamples']} resamples, RNG seed {st['bootstrap']['seed']}."
+    ]
+    out += [_pair_sentence(p, "hypervolume", level) for p in st["hypervolume_pairs"]]
+    if st["matched"] is None:
+        return [*out, "No matched comparison: the axes hold no high- and low-resource pair."]
+    on, matched = _matched_on(st), st["matched"]
+    out.append(
+        f"Matched comparison, {on} ({matched['rule']}): "
+        + "; ".join(
+            f"{m} {_g(v['mean'])} {_interval(v['interval'])} ({v['n']} seeds)"
+            if v["n"]
+            else f"{m}: no seed's front reaches it"
+            for m, v in matched["methods"].items()
+        )
+        + "."
+    )
+    return out + [_pair_sentence(p, on, level) for p in matched["pairs"]]
+
+
+def statistics_tables(fr: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per method (hypervolume over seeds, matched value) and per pair (differences, verdicts)."""
+    st = fr.get("statistics")
+    if not st:
+        return pd.DataFrame(), pd.DataFrame()
+    ci = f"{st['bootstrap']['level']:.0%} interval"
+    on = _matched_on(st) if st["matched"] else None
+    matched = st["matched"] or {"methods": {}, "pairs": []}
+    methods = []
+    for m, h in st["hypervolume"].items():
+        row = {"method": m, "seeds": h["n"]}
+        row |= {f"hypervolume {k}": h[k] for k in ("mean", "std", "min", "max")}
+        if on:
+            v = matched["methods"][m]
+            row |= {f"{on}: mean": v["mean"], f"{on}: {ci}": _interval(v["interval"])}
+            row[f"{on}: seeds"] = v["n"]
+        methods.append(row)
+    matched_pairs = {(q["a"], q["b"]): q for q in matched["pairs"]}
+    pairs = []
+    for p in st["hypervolume_pairs"]:
+        row = {"A": p["a"], "B": p["b"], "paired seeds": len(p["seeds"])}
+        row |= {"hypervolume A - B": p["difference"], f"hypervolume {ci}": _interval(p["interval"])}
+        row["hypervolume verdict"] = p["verdict"]
+        if on:
+            q = matched_pairs[p["a"], p["b"]]
+            row |= {f"{on}: A - B": q["difference"], f"{on}: {ci}": _interval(q["interval"])}
+            row[f"{on}: verdict"] = q["verdict"]
+        pairs.append(row)
+    return pd.DataFrame(methods), pd.DataFrame(pairs)
 
 
 def front_table(fr: dict) -> pd.DataFrame:
@@ -377,12 +481,17 @@ def _html(results: Results, fr: dict, images: dict[str, bytes]) -> str:
     )
     summary = "".join(f"<li>{html.escape(s)}</li>" for s in summary_text(fr))
     table = front_table(fr).to_html(index=False, na_rep="", float_format="{:.4g}".format)
+    stats = "\n".join(
+        t.to_html(index=False, na_rep="", float_format="{:.4g}".format)
+        for t in statistics_tables(fr)
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title(results))}</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
 <body>{_partial_banner(results)}<h1>{html.escape(title(results))}</h1>
 <h2>Summary</h2><ul>{summary}</ul>
+<h2>Statistics over seeds</h2>{stats}
 <h2>Frontier points</h2>{table}
 {figs}
 </body></html>

@@ -117,6 +117,7 @@ def test_report_writes_figures_and_html(sweep, capsys):
     assert page.count("data:image/png;base64,") == len(FIGURES)
     assert "partial: 13 of 14 trials finished" in page
     assert "front weakly dominates" in page and "tp-L" in page
+    assert "Statistics over seeds" in page and "The seeds cannot tell" in page
     fr = json.loads((sweep / "report" / "frontier.json").read_text())
     assert set(fr["methods"]) == {"two_phase", "scalarization"}
 
