@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from test_frontier import piece, write_sweep
 
-from ray_mtl.frontier import frontier, load_results
+from ray_mtl.frontier import frontier
 from ray_mtl.report import plot_fronts, statistics_tables, summary_text
+from ray_mtl.results import load_results
 from ray_mtl.stats import (
     attainment_front,
     bootstrap_interval,
