@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ray_mtl.config import SpaceConfig, from_dict, load
+from ray_mtl.config import RunSettings, SpaceConfig, TrainConfig, from_dict, load
 from ray_mtl.errors import UserError
-from ray_mtl.plan import group_rates, plan
+from ray_mtl.plan import group_rates, plan, segment_config
 from ray_mtl.tune import main as tune_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,3 +154,26 @@ def test_naive_grid_runs_every_trial_from_scratch():
     ]
     sc = flat.segments["naive-sc-L200-w0.5-s0"]
     assert [(p.name, p.steps) for p in sc.phases] == [("static", 300)]
+
+
+# What a space has that a training run does not: the grid and how the sweep runs.
+SPACE_ONLY = {"name", "tasks", "grid", "methods", "tokens_per_example", "max_concurrent", "storage"}
+# What a segment has that the space does not: its place in the tree.
+SEGMENT_ONLY = {"phases", "seed", "eval_steps", "fork_steps", "init_from", "run_dir"}
+
+
+def test_every_space_setting_reaches_each_segment():
+    """A setting shared by a space and its segments is a field of RunSettings, so it cannot be
+    forgotten in a hand-written copy: every one reaches every segment's TrainConfig."""
+    names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
+    shared = names(RunSettings)
+    assert names(SpaceConfig) - shared == SPACE_ONLY, "a new space field: shared or space-only?"
+    assert names(TrainConfig) - shared == SEGMENT_ONLY
+    space = load(SpaceConfig, ROOT / "tune_spaces" / "paper_fr_ro.yaml")
+    space.checkpoint_every, space.max_failures, space.pack_length = 7, 5, space.data.max_len
+    for seg in plan(space).segments.values():
+        cfg = segment_config(space, seg, "s3://bucket/sweep?endpoint_override=h:1", "/ck")
+        for name in shared:
+            assert getattr(cfg, name) == getattr(space, name), name
+        assert (cfg.phases, cfg.seed, cfg.init_from) == (seg.phases, seg.seed, "/ck")
+        assert cfg.run_dir == f"s3://bucket/sweep/segments/{seg.id}?endpoint_override=h:1"
