@@ -540,6 +540,7 @@ def build_report(
     results = load_results(sweep_dir)
     out = str(out) if out else results.file("report")
     if "://" not in out:
+        ensure_writable_dir(Path(out).parent, "report dir")
         out = str(ensure_writable_dir(out, "report dir"))
     _check_out(out)
     curves = trial_curves(results)

@@ -44,6 +44,12 @@ CONFIG_COLUMNS += ("final_step", "status")
 TRIAL_COLUMNS = (*CONFIG_COLUMNS, "lineage")
 KEY = ["step", "task", "split", "metric"]
 GROUPS = ("high", "low")
+SWEEP_ENTRIES = frozenset(
+    {"space.yaml", "plan.json", "results.json", "tree_state.json", "timeline.json", "tune"}
+    | {"segments", "metrics.parquet", "trials.parquet", "frontier.json", "frontier.parquet"}
+    | {"report"}
+)
+"""What a sweep writes in its dir (``--overwrite`` deletes these and nothing else)."""
 STATUSES = ("pending", "running", "finished", "diverged", "failed")
 """A trial's status: not started, started, every piece trained, a piece's loss went non-finite,
 a piece failed (or its ancestor did) and will not run."""

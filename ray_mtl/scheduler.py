@@ -18,7 +18,7 @@ import json
 
 from ray_mtl.config import from_dict
 from ray_mtl.plan import Segment
-from ray_mtl.storage import with_path
+from ray_mtl.storage import filesystem, join, with_path
 
 
 class Tree:
@@ -35,8 +35,9 @@ class Tree:
         self.segments = segments
         self.slots = slots
         self.storage = storage
-        """A URI of the sweep: fork paths (Ray's ``Checkpoint.path`` drops the scheme and the
-        URI's options) become URIs on its storage."""
+        """The sweep's URI. Fork checkpoints under it are kept relative to it, so a sweep moved
+        to another dir resumes from its own files; Ray's ``Checkpoint.path`` drops the scheme
+        and the URI's options, which ``init_from`` puts back."""
         self.ready = [i for i, s in segments.items() if s.parent is None]
         self.issued: dict[str, list[str]] = {}  # Tune trial id -> its segments, in order
         self.running: list[str] = []  # Tune trial ids
@@ -60,8 +61,8 @@ class Tree:
         return tree
 
     def suggest(self, trial_id: str) -> list[str] | None:
-        """A new trial's first segments, or None if none is ready."""
-        if not self.ready:
+        """A new trial's first segments, or None if none is ready or every slot is taken."""
+        if not self.ready or (self.slots and len(self.running) >= self.slots):
             return None
         self.running.append(trial_id)
         return self.more(trial_id)
@@ -93,7 +94,10 @@ class Tree:
 
     def init_from(self, seg: str) -> str | None:
         """The checkpoint URI a segment starts from (None: a trunk)."""
-        return None if self.segments[seg].parent is None else self.forks[self._fork(seg)]
+        if self.segments[seg].parent is None:
+            return None
+        fork = self.forks[self._fork(seg)]
+        return fork if "://" in fork or fork.startswith("/") else join(self.storage, fork)
 
     def _fork(self, seg: str) -> str:
         """The key in ``forks`` of the checkpoint ``seg`` starts from."""
@@ -151,9 +155,18 @@ class Tree:
         key = f"{seg}@{step}"
         if not path or key in self.forks:
             return False
-        self.forks[key] = path if "://" in path else with_path(self.storage, path)
+        self.forks[key] = self._relative(path)
         self.ready += [i for i in self.segments if self._fork(i) == key]
         return True
+
+    def _relative(self, path: str) -> str:
+        """A checkpoint path as Ray reports it, relative to the sweep when it lies under it."""
+        if "://" in path:
+            return path
+        root = filesystem(self.storage)[1].rstrip("/") + "/" if self.storage else ""
+        if root and path.startswith(root):
+            return path[len(root) :]
+        return with_path(self.storage, path) if self.storage else path
 
     def resumed(self, live: Tree) -> Tree:
         """The tree to resume with, from this one (saved by Tune with its trials) and ``live``

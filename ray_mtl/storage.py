@@ -204,11 +204,23 @@ def list_dir(uri: str) -> list[str]:
     return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path)))
 
 
-def remove_tree(uri: str) -> None:
-    """Delete a directory (local or on storage) and everything in it; nothing if it is absent."""
+def remove_entries(uri: str, names: set[str] | frozenset[str]) -> None:
+    """Delete the entries of dir ``uri`` named in ``names`` (files, or dirs with all they hold);
+    anything else in it stays."""
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        fs.delete_dir(path)
+    for name in sorted(set(list_dir(uri)) & set(names)):
+        entry = f"{path}/{name}"
+        if fs.get_file_info(entry).type == pafs.FileType.Directory:
+            fs.delete_dir(entry)
+        else:
+            fs.delete_file(entry)
+
+
+def remove_file(uri: str) -> None:
+    """Delete one file; nothing if it is absent."""
+    fs, path = filesystem(uri)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
 
 
 @contextlib.contextmanager

@@ -21,10 +21,11 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ray
 import yaml
@@ -48,7 +49,8 @@ from ray_mtl.storage import (
     parent,
     ray_storage,
     read_text,
-    remove_tree,
+    remove_entries,
+    remove_file,
     write_text,
 )
 
@@ -110,6 +112,10 @@ class Dispatcher:
     def finished(self) -> bool:
         return self.tree.finished()
 
+    def where(self) -> str:
+        """The sweep's URI (a resumed sweep's own, wherever it was first written)."""
+        return self.sweep
+
     def state(self) -> str:
         return self.tree.to_json()
 
@@ -135,6 +141,10 @@ class TreeSearcher(Searcher):
     makes segments handed to trials Tune never saved ready again.
     """
 
+    resuming: ClassVar[dict[str, Any]] = {}
+    """Set by ``run_sweep`` before ``Tuner.restore`` unpickles this searcher: the sweep's URI
+    now (it may have been moved) and ``slots`` (``--max-concurrent`` given on resume)."""
+
     def __init__(self, name: str, space: SpaceConfig, sweep: str, tree: Tree | None = None):
         super().__init__(metric="step", mode="max")
         self.name, self.space, self.sweep = name, to_dict(space), sweep
@@ -146,7 +156,7 @@ class TreeSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | None:
         segments = ray.get(self.actor.suggest.remote(trial_id))
         if segments:
-            return {"segments": segments, "dispatcher": self.name, "sweep": self.sweep}
+            return {"segments": segments, "dispatcher": self.name}
         return Searcher.FINISHED if ray.get(self.actor.finished.remote()) else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -160,10 +170,13 @@ class TreeSearcher(Searcher):
         write_text(checkpoint_path, ray.get(self.actor.state.remote()))
 
     def restore(self, checkpoint_path: str) -> None:
+        self.sweep = self.resuming.get("sweep", self.sweep)
         tree = Tree.from_json(read_text(checkpoint_path))
         state = join(self.sweep, "tree_state.json")
         if is_file(state):
             tree = tree.resumed(Tree.from_json(read_text(state)))
+        tree.storage = self.sweep
+        tree.slots = self.resuming.get("slots") or tree.slots
         space = from_dict(SpaceConfig, self.space)
         self.actor = start_dispatcher(self.name, tree, space, self.sweep)
 
@@ -177,7 +190,7 @@ def run_trial(config: dict[str, Any]) -> None:
     """A Tune trial: its segments, and any more the dispatcher gives it, as one Ray Train run
     whose metrics flow to Tune."""
     cfgs = {seg: from_dict(TrainConfig, c) for seg, c in config["segments"].items()}
-    sweep = config["sweep"]
+    sweep = ray.get(ray.get_actor(config["dispatcher"]).where.remote())
     fs, storage = ray_storage(join(sweep, "segments"))
     trial = tune.get_context().get_trial_id()
     trainer = ray_trainer(
@@ -320,6 +333,39 @@ def max_concurrent(space: SpaceConfig) -> int | None:
     return fits
 
 
+class SweepLock:
+    """``<sweep>/lock``: the host and PID of the process running the sweep. A second sweep in
+    the same dir is refused while that process lives (``--overwrite`` too); a lock left by a
+    process that died on this host is taken over."""
+
+    def __init__(self, sweep: str) -> None:
+        self.uri = join(sweep, "lock")
+
+    def __enter__(self) -> SweepLock:
+        if is_file(self.uri):
+            owner = json.loads(read_text(self.uri))
+            if owner.get("host") != socket.gethostname() or _alive(owner.get("pid")):
+                raise UserError(
+                    f"{self.uri}: a sweep is running in this dir (host {owner.get('host')}, "
+                    f"pid {owner.get('pid')}, since {owner.get('started')}); expected no live "
+                    "sweep there (if that process is gone, delete the lock file)"
+                )
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.ctime()}
+        write_text(self.uri, json.dumps(me))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        remove_file(self.uri)
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
 def run_sweep(
     space: SpaceConfig,
     sweep: str | None = None,
@@ -334,20 +380,26 @@ def run_sweep(
 
     A new sweep refuses a dir that already holds one (its segments' checkpoints would be taken up
     as if resumed) unless ``overwrite`` deletes it first. ``no_sharing`` runs every trial from
-    scratch (the naive grid), for benchmarks.
+    scratch (the naive grid), for benchmarks. Ctrl-C stops it (KeyboardInterrupt) after saying
+    how to resume.
     """
+    sweep = sweep or sweep_uri_of(space)
+    check_storage(sweep)
+    with SweepLock(sweep):
+        return _run_sweep(space, sweep, resume, overwrite, dashboard, no_sharing)
+
+
+def _run_sweep(space, sweep, resume, overwrite, dashboard, no_sharing) -> str:
     from ray_mtl.train import validate
 
     tree = naive(space) if no_sharing else plan(space)
-    sweep = sweep or sweep_uri_of(space)
-    check_storage(sweep)
     if not resume and is_file(join(sweep, "plan.json")):
         if not overwrite:
             raise UserError(
                 f"{sweep}: a sweep is already there; --resume {sweep} continues it, "
                 "--overwrite starts it again"
             )
-        remove_tree(sweep)
+        remove_entries(sweep, results.SWEEP_ENTRIES)
     first = next(iter(tree.segments.values()))
     prepared = validate(segment_config(space, first, sweep))
     write_text(join(sweep, "space.yaml"), yaml.safe_dump(to_dict(space), sort_keys=False))
@@ -356,22 +408,30 @@ def run_sweep(
     print(describe(tree).splitlines()[-1], flush=True)
 
     _connect_ray(dashboard)
+    # One dispatcher per sweep name in a Ray cluster; not named by its dir, so that a sweep
+    # moved elsewhere resumes with the name its saved trials know.
+    name = f"ray_mtl:{space.name}"
+    with contextlib.suppress(ValueError):
+        ray.get_actor(name)
+        raise UserError(f"{sweep}: a sweep named {space.name!r} is already running on this Ray")
+    # Ctrl-C is ours: Tune's own handler would print its restore hint and return as if done.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     trainable = tune.with_resources(run_trial, {"CPU": 0.01})
     fs, tune_dir = ray_storage(sweep)
-    name = f"ray_mtl:{sweep}"
+    slots = max_concurrent(space)
     if resume:
+        TreeSearcher.resuming = {"sweep": sweep, "slots": space.max_concurrent or None}
         tuner = tune.Tuner.restore(
             f"{tune_dir}/tune", trainable, resume_errored=True, storage_filesystem=fs
         )
     else:
-        slots = max_concurrent(space)
         searcher = TreeSearcher(name, space, sweep, Tree(tree.segments, slots, sweep))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
+                # The Tree holds trials to its slots (so --max-concurrent holds on resume too).
                 search_alg=searcher,
                 num_samples=-1,
-                max_concurrent_trials=slots,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
                 # Segments follow one another in the same trial process: its imports stay.
@@ -392,7 +452,16 @@ def run_sweep(
         )
     try:
         grid = tuner.fit()
-    finally:  # the dispatcher's name is free for another sweep of this dir in this Ray session
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished segments are kept; continue with\n"
+            f"  python -m ray_mtl.tune --resume {sweep}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+    finally:  # the dispatcher's name is free for another sweep in this Ray session
+        TreeSearcher.resuming = {}
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name))
     results.collect(sweep)
@@ -444,11 +513,23 @@ def main(argv: list[str] | None = None) -> int:
         space, sweep, resume=bool(args.resume), overwrite=args.overwrite, dashboard=args.dashboard
     )
     print(f"results: {sweep}")
+    res = results.load_results(sweep)
     if not args.no_report:
         from ray_mtl import report
 
-        results.write_frontier(results.load_results(sweep), sweep)
+        results.write_frontier(res, sweep)
         print(f"report: {report.build_report(sweep)}")
+    counts = res.trials["status"].value_counts().to_dict()
+    if counts.get("diverged"):
+        print(f"{counts['diverged']} trial(s) diverged (non-finite loss): see trials.parquet")
+    if set(counts) - {"finished", "diverged"}:
+        shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "finished")
+        print(
+            f"error: not every trial finished ({shown}); fix the cause, then "
+            f"python -m ray_mtl.tune --resume {sweep}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -282,6 +282,12 @@ def case_train_checkpoint_of_another_model(ctx):
     return "train", argv, ["checkpoint is for another model config", "d_model"]
 
 
+def case_train_checkpoint_of_other_data(ctx):
+    other = checkpoint_of(ctx, ModelConfig(preset="tiny", dropout=0.0))  # manifest hash "x"
+    argv = ["--config", ctx.train_yaml(), "--init-from", other]
+    return "train", argv, ["checkpoint was trained on other prepared data", "manifest hash x,"]
+
+
 def case_train_unwritable_run_dir(ctx):
     ctx.write("a-file", "not a dir")
     argv = ["--config", ctx.train_yaml(), "--run-dir", str(ctx.tmp / "a-file" / "run")]
@@ -424,6 +430,25 @@ def case_report_full_out_dir(ctx):
     if full is None:
         return None
     return "report", [sweep, "--out", str(full / "report")], ["no space left on device"]
+
+
+def case_report_out_holds_other_files(ctx):
+    ctx.write("mine/notes.txt", "the user's own file")
+    argv = [toy_sweep(ctx), "--out", str(ctx.tmp / "mine")]
+    return "report", argv, ["--out holds files the report did not write (notes.txt)"]
+
+
+def case_report_out_is_the_sweep(ctx):
+    sweep = toy_sweep(ctx)
+    return "report", [sweep, "--out", sweep], ["--out holds files the report did not write"]
+
+
+def case_tune_unreachable_storage(ctx):
+    from conftest import free_port
+
+    uri = f"s3://b/runs?endpoint_override=127.0.0.1:{free_port()}&scheme=http"
+    argv = ["--space", ctx.space_yaml(), "--storage", uri]
+    return "tune", argv, ["s3://b/runs/bad?endpoint_override=", "cannot reach storage"]
 
 
 CASES = [v for k, v in globals().items() if k.startswith("case_")]

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ray_mtl import checkpoint, ray_train, train
+from ray_mtl import checkpoint, ray_train, train, tune
 from ray_mtl.config import (
     DataConfig,
     EvalConfig,
@@ -447,4 +447,69 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
         assert merged.value_after.notna().all(), f"{seg}: rows lost"
         assert (merged.value == merged.value_after).all(), f"{seg}: rows changed"
     trials = pq.read_table(sweep / "trials.parquet").to_pandas()
+    assert (trials.status == "finished").all()
+
+
+def test_ctrl_c_then_resume_elsewhere(data_cfg, tmp_path, short_dir, capsys):
+    """Ctrl-C (SIGINT) of a running sweep exits non-zero with the project's own --resume line;
+    a second sweep in the same dir is refused while it runs (--overwrite too). The sweep dir,
+    moved elsewhere, resumes there with --max-concurrent 1, and nothing is written at the old
+    path."""
+    import yaml
+
+    space = dict(
+        name="intr",
+        tasks={"high": ["eng-fra"], "low": ["eng-ron"]},
+        methods=["two_phase", "scalarization"],
+        grid={"pretrain_steps": [20], "finetune_steps": 40, "low_rates": [0.5]},
+        data=dict(
+            data_dir=data_cfg.data_dir,
+            out_dir=data_cfg.out_dir,
+            max_pairs=data_cfg.max_pairs,
+            vocab_size=data_cfg.vocab_size,
+        ),
+        model={"preset": "tiny", "dropout": 0.0},
+        optim={"lr": 0.003, "warmup_steps": 8},
+        eval={"every": 10, "pairs": 64, "bleu_pairs": 0},
+        resources={"num_workers": 1, "cpus_per_worker": 0.5},
+        batch_tokens=1024,
+        max_concurrent=2,
+        storage=str(tmp_path / "runs"),
+    )
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    sweep = tmp_path / "runs" / "intr"
+    ray_tmpdir = short_dir()
+    driver = tune_cli(["--space", str(tmp_path / "space.yaml")], ray_tmpdir, tmp_path / "1.log")
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None and not rows_by_segment(sweep):
+            time.sleep(0.2)
+        assert rows_by_segment(sweep), (tmp_path / "1.log").read_text()[-3000:]
+        for extra in ([], ["--overwrite"]):
+            assert tune.main(["--space", str(tmp_path / "space.yaml"), *extra]) == 2
+            assert "a sweep is running in this dir" in capsys.readouterr().err
+        os.kill(driver.pid, signal.SIGINT)
+        rc = driver.wait(timeout=120)
+    finally:
+        kill_driver(driver, ray_tmpdir)
+    log = (tmp_path / "1.log").read_text()
+    assert rc == 130, log[-3000:]
+    assert f"python -m ray_mtl.tune --resume {sweep}" in log
+    assert not (sweep / "lock").exists() and not (sweep / "report").exists()
+
+    moved = tmp_path / "elsewhere" / "intr"
+    moved.parent.mkdir()
+    sweep.rename(moved)
+    ray_tmpdir = short_dir()
+    resumed = tune_cli(
+        ["--resume", str(moved), "--max-concurrent", "1"], ray_tmpdir, tmp_path / "2.log"
+    )
+    try:
+        rc = resumed.wait(timeout=300)
+    finally:
+        kill_driver(resumed, ray_tmpdir)
+    assert rc == 0, (tmp_path / "2.log").read_text()[-3000:]
+    assert not sweep.exists(), "the resumed sweep wrote at its old path"
+    assert json.loads((moved / "tree_state.json").read_text())["slots"] == 1
+    trials = pq.read_table(moved / "trials.parquet").to_pandas()
     assert (trials.status == "finished").all()

@@ -212,3 +212,41 @@ def test_load_results_missing_and_empty(tmp_path):
     empty = write_sweep(tmp_path / "empty", [], [{"trial": "x", "method": "m", "lineage": []}])
     with pytest.raises(UserError, match=r"metrics\.parquet: no metrics"):
         load_results(empty)
+
+
+def test_diverged_and_non_finite_values_never_reach_a_front(tmp_path):
+    """A diverged trial's earlier (better) values and any NaN or inf are never points: the
+    hypervolume stays finite and the report's summary reads."""
+    from ray_mtl.report import summary_text
+
+    nan, inf = math.nan, math.inf
+    rows = []
+    for seg, step, fra, ron in [
+        ("ok", 10, 3.0, 3.0),
+        ("div", 5, 2.0, 2.0),  # better than "ok", then its loss went non-finite
+        ("div", 10, nan, nan),
+        ("hot", 10, 4.0, inf),  # an overflowing CE is no value either
+        ("n", 10, 3.5, 3.5),
+    ]:
+        rows += [(seg, step, "eng-fra", "dev", "ce", fra), (seg, step, "eng-ron", "dev", "ce", ron)]
+    trials = [
+        {"trial": "ok", "method": "m", "lineage": [piece("ok", 0, 10)], "final_step": 10},
+        {
+            "trial": "div",
+            "method": "m",
+            "lineage": [piece("div", 0, 10)],
+            "final_step": 10,
+            "status": "diverged",
+        },
+        {"trial": "hot", "method": "m", "lineage": [piece("hot", 0, 10)], "final_step": 10},
+        {"trial": "n", "method": "n", "lineage": [piece("n", 0, 10)], "final_step": 10},
+    ]
+    res = load_results(write_sweep(tmp_path / "s", rows, trials))
+    for at in ("best", "final"):
+        fr = frontier(res, at=at)
+        assert [m["trial"] for m in fr["methods"]["m"]["front"]] == ["ok"], at
+        assert all(math.isfinite(v["hypervolume"]) for v in fr["methods"].values())
+        assert math.isfinite(sum(fr["reference_point"]))
+        assert any("Hypervolume" in line for line in summary_text(fr))
+    pts = trial_points(res, at="best").set_index("trial")
+    assert pts.loc[["div", "hot"], "eng-ron/ce"].isna().all()

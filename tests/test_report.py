@@ -176,3 +176,52 @@ def test_notebook_runs(sweep, monkeypatch):
 def test_notebook_on_smoke_sweep(smoke_sweep, monkeypatch):
     """The notebook on a real sweep (the shipped smoke space, run once per session)."""
     assert len(run_notebook(smoke_sweep, monkeypatch)) >= len(FIGURES)
+
+
+def test_report_replaces_only_its_own_files(sweep, tmp_path, capsys):
+    """Run twice into one dir, the report replaces its own files; a dir that holds anything
+    else (the sweep itself, the user's notes) is refused and left as it was."""
+    out = tmp_path / "r"
+    assert main([str(sweep), "--out", str(out)]) == 0
+    assert main([str(sweep), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*(f"{n}.png" for n in FIGURES), "frontier.json", "index.html"]
+    )
+    notes = tmp_path / "mine" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    before = {p: p.stat().st_mtime_ns for p in Path(sweep).rglob("*")}
+    for target in (notes.parent, Path(sweep)):
+        assert main([str(sweep), "--out", str(target)]) == 2
+        assert "--out holds files the report did not write" in capsys.readouterr().err
+    assert notes.read_text() == "mine" and sorted(notes.parent.iterdir()) == [notes]
+    assert {p: p.stat().st_mtime_ns for p in Path(sweep).rglob("*")} == before
+
+
+def test_report_of_a_sweep_that_has_not_ended(smoke_sweep, tmp_path, capsys):
+    """A running or crashed sweep has only its per-segment rows: the report is drawn from them,
+    says on its first line that it is partial, and marks the trials that are not done."""
+    import shutil
+
+    import pandas as pd
+
+    from ray_mtl.results import load_results
+
+    live = tmp_path / "live"
+    shutil.copytree(smoke_sweep, live, ignore=shutil.ignore_patterns("report", "tune"))
+    for merged in ("metrics.parquet", "trials.parquet", "frontier.json", "frontier.parquet"):
+        (live / merged).unlink()
+    rows = live / "segments" / "tp-L200-w0.5-s0" / "metrics.parquet"
+    df = pd.read_parquet(rows)
+    df[df.step < df.step.max()].to_parquet(rows)  # its last evaluation not reported yet
+    (live / "segments" / "tp-L200-w0.3-s0" / "metrics.parquet").unlink()  # not started
+    res = load_results(live)
+    status = res.trials.set_index("trial")["status"]
+    assert res.live and status["tp-L200-w0.5-s0"] == "running"
+    assert status["tp-L200-w0.3-s0"] == "running"  # its trunk piece has rows
+    assert status["tp-L100-w0.3-s0"] == "finished" and res.partial
+    assert main([str(live)]) == 0
+    page = (live / "report" / "index.html").read_text()
+    body = page.split("<body>", 1)[1]
+    assert body.startswith('<p style="background:#fde68a;padding:6px"><b>PARTIAL REPORT</b>')
+    assert f"{res.finished} of {len(res.trials)} trials finished" in body

@@ -29,6 +29,7 @@ from ray_mtl.config import (
     TrainConfig,
     to_dict,
 )
+from ray_mtl.results import metric_rows
 from ray_mtl.schedule import lr_at
 
 TASKS = ["eng-fra", "eng-ron"]
@@ -320,3 +321,31 @@ def test_two_ddp_workers_match_one(one_worker, data_cfg, tmp_path):
         for key in (f"train/{t}/loss", f"dev/{t}/ce"):
             assert two.metrics[key] == pytest.approx(one.metrics[key], rel=1e-4), key
         assert two.metrics[f"train/{t}/examples"] == one.metrics[f"train/{t}/examples"]
+
+
+def test_a_non_finite_loss_stops_the_segment_and_the_chain_goes_on(data_cfg, tmp_path):
+    """An exploding learning rate makes the loss non-finite within a few steps: the run stops
+    at that evaluation (no checkpoint, so no branch can fork after it), the report says
+    ``diverged``, and the next segment of the chain trains as usual."""
+    boom = OptimConfig(lr=1e30, warmup_steps=0, grad_clip=0.0)
+    every = EvalConfig(every=5, pairs=32, bleu_pairs=0, test_at_end=False)
+    bad = config(
+        data_cfg, tmp_path / "bad", [pretrain(20)], optim=boom, eval=every, fork_steps=[20]
+    )
+    with pytest.raises(train.Diverged, match="non-finite"):
+        train.run(bad)
+    good = config(data_cfg, tmp_path / "good", [pretrain(10)], eval=every)
+    reports = []
+    train.train_chain(
+        {"bad": bad, "good": good}, train.Worker(), lambda m, s: reports.append((m, s is not None))
+    )
+    diverged = [m for m, _ in reports if m.get("diverged")]
+    assert len(diverged) == 1 and diverged[0]["segment"] == "bad"
+    assert diverged[0]["step"] < 20 and not any(ck for m, ck in reports if m["segment"] == "bad")
+    assert train.not_finite(diverged[0], data_cfg.tasks)
+    last = [m for m, _ in reports if m["segment"] == "good"][-1]
+    assert last["step"] == 10 and not train.not_finite(last, data_cfg.tasks)
+    rows = metric_rows("bad", diverged[0])
+    assert {"metric": "diverged", "value": 1.0} in [
+        {k: r[k] for k in ("metric", "value")} for r in rows
+    ]

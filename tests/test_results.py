@@ -1,0 +1,47 @@
+"""The results module's pure parts: trial status from segment progress, rows keyed by step.
+
+.venv/bin/python -m pytest -q tests/test_results.py
+"""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from ray_mtl.results import SegmentRows, metric_rows, trial_status
+
+TRUNK_THEN_BRANCH = [
+    {"segment": "pt", "from_step": 0, "to_step": 100},
+    {"segment": "tp", "from_step": 100, "to_step": 200},
+]
+
+
+def test_trial_status_follows_its_lineage():
+    status = lambda ends, diverged={}, failed=set(): trial_status(  # noqa: E731
+        TRUNK_THEN_BRANCH, ends, diverged, failed
+    )
+    assert status({}) == "pending"
+    assert status({"pt": 50}) == "running"
+    assert status({"pt": 200, "tp": 200}) == "finished"
+    # The trunk diverged after the fork: this trial's piece of it (0..100) is fine.
+    assert status({"pt": 150, "tp": 200}, diverged={"pt": 150}) == "finished"
+    assert status({"pt": 80}, diverged={"pt": 80}) == "diverged"  # before the fork: never runs
+    assert status({"pt": 200, "tp": 150}, diverged={"tp": 150}) == "diverged"
+    assert status({"pt": 200, "tp": 120}, failed={"tp"}) == "failed"
+    assert status({"pt": 200, "tp": 200}, failed={"tp"}) == "finished"  # failed after its end
+
+
+def test_segment_rows_replace_a_repeated_step_and_keep_earlier_rows(tmp_path):
+    template = str(tmp_path / "{segment}" / "metrics.parquet")
+    rows = SegmentRows(template)
+    rows.add({"segment": "s", "step": 10, "dev/a/ce": 3.0, "lr": 0.1})
+    rows.add({"segment": "s", "step": 20, "dev/a/ce": 2.0, "lr": 0.1})
+    again = SegmentRows(template)  # a restarted run: the rows before its checkpoint stay
+    again.add({"segment": "s", "step": 20, "dev/a/ce": 2.5, "lr": 0.1})
+    table = pq.read_table(tmp_path / "s" / "metrics.parquet").to_pandas()
+    ce = table[table.metric == "ce"].set_index("step")["value"].to_dict()
+    assert ce == {10: 3.0, 20: 2.5}
+
+
+def test_metric_rows_keep_numbers_and_the_divergence_flag():
+    rows = metric_rows("s", {"step": 5, "dev/a/ce": float("nan"), "diverged": 1, "x": "sig"})
+    assert {(r["task"], r["metric"]) for r in rows} == {("a", "ce"), ("*", "diverged")}
