@@ -108,7 +108,7 @@ def capture(
         "optimizer": optimizer.state_dict(),
         "sampler": sampler.state_dict(),
         "rng": torch.get_rng_state(),
-        **best.state_dict(),
+        **best.state_dict(step),
     }
 
 

@@ -607,6 +607,10 @@ class SpaceConfig(RunSettings):
     retries by default; a single run does not)."""
     storage: str = "runs"
     """Storage path: a local dir, an NFS path, or ``s3://`` / ``gs://`` on clusters."""
+    keep_checkpoints: Literal["needed", "all"] = "needed"
+    """needed: delete each checkpoint once the tree no longer needs it (kept: every segment's
+    last, each running segment's latest, a fork until its branches have their own); all: keep
+    every checkpoint (for later analysis; disk grows with every fork step)."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")

@@ -31,7 +31,13 @@ class Tree:
     Ray Train starts about once per slot rather than once per segment.
     """
 
-    def __init__(self, segments: dict[str, Segment], slots: int | None = None, storage: str = ""):
+    def __init__(
+        self,
+        segments: dict[str, Segment],
+        slots: int | None = None,
+        storage: str = "",
+        collect: bool = True,
+    ):
         self.segments = segments
         self.slots = slots
         self.storage = storage
@@ -44,7 +50,10 @@ class Tree:
         self.progress: dict[str, int] = {}  # segment -> steps done
         self.failed: list[str] = []  # segments of trials that errored (a rerun may clear them)
         self.diverged: list[str] = []  # segments whose loss went non-finite (final)
-        self.forks: dict[str, str] = {}  # "<segment>@<step>" -> checkpoint URI
+        self.forks: dict[str, str] = {}  # "<segment>@<step>" -> checkpoint (every one reported)
+        self.collect = collect
+        """Delete checkpoints the tree no longer needs (``collectable``); False keeps all."""
+        self.deleted: list[str] = []  # keys of ``forks`` whose checkpoint was deleted
 
     def to_json(self) -> str:
         state = self.__dict__ | {
@@ -167,6 +176,34 @@ class Tree:
         if root and path.startswith(root):
             return path[len(root) :]
         return with_path(self.storage, path) if self.storage else path
+
+    def collectable(self) -> list[str]:
+        """Checkpoints no longer needed, as URIs, now marked deleted: what is kept is each
+        segment's last checkpoint (its best-per-task weights; its branches at its end step),
+        its latest (fault recovery), and a fork until every branch from it has a checkpoint of
+        its own or diverged."""
+        if not self.collect:
+            return []
+        steps: dict[str, list[int]] = {}
+        for key in self.forks:
+            seg, step = key.rsplit("@", 1)
+            steps.setdefault(seg, []).append(int(step))
+        own = {key.rsplit("@", 1)[0] for key in self.forks}
+        out = []
+        for key in self.forks:
+            seg, step = key.rsplit("@", 1)
+            if key in self.deleted or seg not in self.segments:
+                continue
+            if int(step) in (self.segments[seg].end_step, max(steps[seg])):
+                continue
+            branches = [i for i in self.segments if self._fork(i) == key]
+            if all(b in own or b in self.diverged for b in branches):
+                self.deleted.append(key)
+                fork = self.forks[key]
+                out.append(
+                    fork if "://" in fork or fork.startswith("/") else join(self.storage, fork)
+                )
+        return out
 
     def resumed(self, live: Tree) -> Tree:
         """The tree to resume with, from this one (saved by Tune with its trials) and ``live``

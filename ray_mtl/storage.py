@@ -216,6 +216,13 @@ def remove_entries(uri: str, names: set[str] | frozenset[str]) -> None:
             fs.delete_file(entry)
 
 
+def remove_dir(uri: str) -> None:
+    """Delete a dir and all it holds; nothing if it is absent."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
 def remove_file(uri: str) -> None:
     """Delete one file; nothing if it is absent."""
     fs, path = filesystem(uri)

@@ -169,6 +169,8 @@ class BestPerTask:
         state = state or {"best": {}, "best_weights": {}}
         self.best: dict[str, dict[str, Any]] = state["best"]
         self.weights = {int(k): v for k, v in state["best_weights"].items()}
+        if any(b["step"] == state.get("step") for b in self.best.values()):
+            self.weights[int(state["step"])] = state["model_state"]  # stored once, see below
 
     def update(self, step: int, metrics: dict[str, Any], tasks: list[str], model) -> None:
         """Take this evaluation's dev CE of every task (``metrics``) and the model's weights."""
@@ -195,8 +197,11 @@ class BestPerTask:
         model.load_state_dict(final)
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_weights": {str(k): v for k, v in self.weights.items()}}
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """The record, for a checkpoint at ``step``: weights of that step are the checkpoint's
+        own ``model_state`` and are not stored twice."""
+        weights = {str(k): v for k, v in self.weights.items() if k != step}
+        return {"best": self.best, "best_weights": weights}
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from ray_mtl.storage import (
     parent,
     ray_storage,
     read_text,
+    remove_dir,
     remove_entries,
     remove_file,
     write_text,
@@ -104,6 +105,11 @@ class Dispatcher:
         # progress alone is not worth a write: it only balances the next hand-outs
         if self.tree.on_result(result):
             self._save()
+        if result.get("checkpoint_path"):
+            done = self.tree.collectable()
+            self._save()  # marked deleted before deleting: a crash leaves a file, never a hole
+            for uri in done:
+                remove_dir(uri)
 
     def on_complete(self, trial_id: str, error: bool) -> None:
         self.tree.on_complete(trial_id, error)
@@ -425,7 +431,8 @@ def _run_sweep(space, sweep, resume, overwrite, dashboard, no_sharing) -> str:
             f"{tune_dir}/tune", trainable, resume_errored=True, storage_filesystem=fs
         )
     else:
-        searcher = TreeSearcher(name, space, sweep, Tree(tree.segments, slots, sweep))
+        collect = space.keep_checkpoints == "needed"
+        searcher = TreeSearcher(name, space, sweep, Tree(tree.segments, slots, sweep, collect))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

@@ -254,3 +254,29 @@ def test_invalid_yaml_and_unwritable_storage_are_refused(ray_session, tmp_path, 
 def test_smoke_space_parses_as_shipped():
     # The bad-space cases above are the shipped space with one field changed.
     assert from_dict(SpaceConfig, smoke_dict()).resources.num_workers == 2
+
+
+def test_tree_deletes_a_fork_once_its_branches_have_their_own_checkpoints():
+    """Kept: every segment's last checkpoint, each one's latest, and a fork until each branch
+    from it has a checkpoint of its own (or diverged)."""
+    tree = tree_for(load(SpaceConfig, SMOKE), slots=8)
+    for t in "abc":
+        tree.suggest(t)
+    tree.on_result({"segment": "pt-s0", "step": 100, "checkpoint_path": "/ck/pt100"})
+    assert tree.collectable() == []  # the trunk's latest, and its branches have none yet
+    tree.on_result({"segment": "pt-s0", "step": 200, "checkpoint_path": "/ck/pt200"})
+    assert tree.collectable() == []  # the step-100 branches still start from it
+    tree.on_result({"segment": "tp-L100-w0.3-s0", "step": 200, "checkpoint_path": "/ck/b1"})
+    assert tree.collectable() == []
+    tree.on_result({"segment": "tp-L100-w0.5-s0", "step": 150, "diverged": 1})
+    assert tree.collectable() == ["/ck/pt100"]  # the other branch diverged: never needs it
+    assert tree.collectable() == []  # once
+    for seg, step in [("tp-L200-w0.3-s0", 300), ("tp-L200-w0.5-s0", 300)]:
+        tree.on_result({"segment": seg, "step": step, "checkpoint_path": f"/ck/{seg}"})
+    assert tree.collectable() == []  # pt-s0@200 is the trunk's last: kept
+    keep = tree_for(load(SpaceConfig, SMOKE), slots=8)
+    keep.collect = False
+    keep.suggest("a")
+    for step in (100, 200):
+        keep.on_result({"segment": "pt-s0", "step": step, "checkpoint_path": f"/ck/{step}"})
+    assert keep.collectable() == []
