@@ -194,9 +194,14 @@ def trials_table(
 
 
 def write_meta(sweep: str, name: str, manifest_hash: str) -> None:
-    """``results.json``: the schema this sweep's results are written in."""
-    meta = {"schema": SCHEMA, "name": name, "manifest_hash": manifest_hash}
+    """``results.json``: the schema this sweep's results are written in, and where."""
+    meta = {"schema": SCHEMA, "name": name, "manifest_hash": manifest_hash, "sweep": sweep}
     write_text(join(sweep, "results.json"), json.dumps(meta))
+
+
+def read_meta(sweep: str) -> dict:
+    """``results.json`` of a sweep ({} if there is none)."""
+    return _read_json(sweep, "results.json") if is_file(join(sweep, "results.json")) else {}
 
 
 def _segment_metrics(sweep: str, plan: dict) -> pd.DataFrame:

@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import ray
 import yaml
@@ -139,6 +139,9 @@ def start_dispatcher(name: str, tree: Tree, space: SpaceConfig, sweep: str):
 # --------------------------------------------------------------------------------------------
 
 
+RESUME_SLOTS = "RAY_MTL_RESUME_SLOTS"
+
+
 class TreeSearcher(Searcher):
     """Tune's side of the ``Tree``: new trials, results and ends go to the dispatcher actor.
 
@@ -146,10 +149,6 @@ class TreeSearcher(Searcher):
     Tune saved, gives each every segment the live state file says it was handed since, and
     makes segments handed to trials Tune never saved ready again.
     """
-
-    resuming: ClassVar[dict[str, Any]] = {}
-    """Set by ``run_sweep`` before ``Tuner.restore`` unpickles this searcher: the sweep's URI
-    now (it may have been moved) and ``slots`` (``--max-concurrent`` given on resume)."""
 
     def __init__(self, name: str, space: SpaceConfig, sweep: str, tree: Tree | None = None):
         super().__init__(metric="step", mode="max")
@@ -176,13 +175,13 @@ class TreeSearcher(Searcher):
         write_text(checkpoint_path, ray.get(self.actor.state.remote()))
 
     def restore(self, checkpoint_path: str) -> None:
-        self.sweep = self.resuming.get("sweep", self.sweep)
         tree = Tree.from_json(read_text(checkpoint_path))
         state = join(self.sweep, "tree_state.json")
         if is_file(state):
             tree = tree.resumed(Tree.from_json(read_text(state)))
-        tree.storage = self.sweep
-        tree.slots = self.resuming.get("slots") or tree.slots
+        # --max-concurrent given on resume (this object comes out of Tune's pickle, and from
+        # `python -m` its class too: the environment is what reaches it).
+        tree.slots = int(os.environ.get(RESUME_SLOTS) or 0) or tree.slots
         space = from_dict(SpaceConfig, self.space)
         self.actor = start_dispatcher(self.name, tree, space, self.sweep)
 
@@ -426,7 +425,7 @@ def _run_sweep(space, sweep, resume, overwrite, dashboard, no_sharing) -> str:
     fs, tune_dir = ray_storage(sweep)
     slots = max_concurrent(space)
     if resume:
-        TreeSearcher.resuming = {"sweep": sweep, "slots": space.max_concurrent or None}
+        os.environ[RESUME_SLOTS] = str(space.max_concurrent)
         tuner = tune.Tuner.restore(
             f"{tune_dir}/tune", trainable, resume_errored=True, storage_filesystem=fs
         )
@@ -468,7 +467,6 @@ def _run_sweep(space, sweep, resume, overwrite, dashboard, no_sharing) -> str:
         )
         raise
     finally:  # the dispatcher's name is free for another sweep in this Ray session
-        TreeSearcher.resuming = {}
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name))
     results.collect(sweep)
@@ -503,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         space = load(SpaceConfig, space_file)
         space.storage = parent(sweep)
+        written = results.read_meta(sweep).get("sweep", sweep)
+        if written.partition("?")[0] != sweep.partition("?")[0]:
+            raise UserError(
+                f"{sweep}: this sweep was written at {written}, and Ray Tune's saved state names "
+                "that path; expected it there: move it back (or resume it where it was written)"
+            )
     else:
         space = load(SpaceConfig, args.space)
     check_tasks(space, args.space or join(args.resume, "space.yaml"))

@@ -450,11 +450,11 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
     assert (trials.status == "finished").all()
 
 
-def test_ctrl_c_then_resume_elsewhere(data_cfg, tmp_path, short_dir, capsys):
+def test_ctrl_c_then_resume(data_cfg, tmp_path, short_dir, capsys):
     """Ctrl-C (SIGINT) of a running sweep exits non-zero with the project's own --resume line;
-    a second sweep in the same dir is refused while it runs (--overwrite too). The sweep dir,
-    moved elsewhere, resumes there with --max-concurrent 1, and nothing is written at the old
-    path."""
+    a second sweep in the same dir is refused while it runs (--overwrite too). A moved copy is
+    refused on resume, naming where it was written; the sweep resumes where it was written with
+    --max-concurrent 1, and every trial finishes."""
     import yaml
 
     space = dict(
@@ -500,16 +500,18 @@ def test_ctrl_c_then_resume_elsewhere(data_cfg, tmp_path, short_dir, capsys):
     moved = tmp_path / "elsewhere" / "intr"
     moved.parent.mkdir()
     sweep.rename(moved)
+    assert tune.main(["--resume", str(moved)]) == 2
+    assert f"this sweep was written at {sweep}" in capsys.readouterr().err
+    moved.rename(sweep)
     ray_tmpdir = short_dir()
     resumed = tune_cli(
-        ["--resume", str(moved), "--max-concurrent", "1"], ray_tmpdir, tmp_path / "2.log"
+        ["--resume", str(sweep), "--max-concurrent", "1"], ray_tmpdir, tmp_path / "2.log"
     )
     try:
         rc = resumed.wait(timeout=300)
     finally:
         kill_driver(resumed, ray_tmpdir)
     assert rc == 0, (tmp_path / "2.log").read_text()[-3000:]
-    assert not sweep.exists(), "the resumed sweep wrote at its old path"
-    assert json.loads((moved / "tree_state.json").read_text())["slots"] == 1
-    trials = pq.read_table(moved / "trials.parquet").to_pandas()
+    assert json.loads((sweep / "tree_state.json").read_text())["slots"] == 1
+    trials = pq.read_table(sweep / "trials.parquet").to_pandas()
     assert (trials.status == "finished").all()
