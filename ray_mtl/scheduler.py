@@ -168,6 +168,16 @@ class Tree:
         self.ready += [i for i in self.segments if self._fork(i) == key]
         return True
 
+    def adopt(self, found: dict[str, str]) -> None:
+        """Take up checkpoints found on storage (``"<segment>@<step>"`` -> path) that never
+        reached the tree: a driver that stopped between a worker's report and Tune's delivery
+        of it would otherwise leave their branches waiting forever, since the resumed run goes
+        on after them."""
+        for key, path in sorted(found.items()):
+            seg, step = key.rsplit("@", 1)
+            if key not in self.forks and seg in self.segments:
+                self.on_result({"segment": seg, "step": int(step), "checkpoint_path": path})
+
     def _relative(self, path: str) -> str:
         """A checkpoint path as Ray reports it, relative to the sweep when it lies under it."""
         if "://" in path:

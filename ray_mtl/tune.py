@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 import yaml
 from ray import tune
@@ -35,7 +36,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search import Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_mtl import results
+from ray_mtl import checkpoint, results
 from ray_mtl.config import SpaceConfig, TrainConfig, check, from_dict, load, to_dict
 from ray_mtl.errors import UserError, cli
 from ray_mtl.plan import Plan, describe, naive, plan, segment_config
@@ -44,6 +45,7 @@ from ray_mtl.scheduler import Tree
 from ray_mtl.storage import (
     check_storage,
     ensure_writable_dir,
+    filesystem,
     is_file,
     join,
     parent,
@@ -182,8 +184,29 @@ class TreeSearcher(Searcher):
         # --max-concurrent given on resume (this object comes out of Tune's pickle, and from
         # `python -m` its class too: the environment is what reaches it).
         tree.slots = int(os.environ.get(RESUME_SLOTS) or 0) or tree.slots
+        tree.adopt(checkpoints_on_storage(self.sweep))
         space = from_dict(SpaceConfig, self.space)
         self.actor = start_dispatcher(self.name, tree, space, self.sweep)
+
+
+def checkpoints_on_storage(sweep: str) -> dict[str, str]:
+    """Every whole checkpoint under ``<sweep>/segments`` (``"<segment>@<step>"`` -> path),
+    read from the ``meta.json`` each one ends with."""
+    fs, root = filesystem(join(sweep, "segments"))
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return {}
+    found = {}
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.base_name != checkpoint.META_FILE:
+            continue
+        d = info.path.rsplit("/", 1)[0]
+        if fs.get_file_info(f"{d}/{checkpoint.STATE_FILE}").type != pafs.FileType.File:
+            continue
+        with fs.open_input_stream(info.path) as f:
+            meta = json.loads(f.read())
+        if "segment" in meta:
+            found[f"{meta['segment']}@{meta['step']}"] = d
+    return found
 
 
 def _trial_name(trial) -> str:
