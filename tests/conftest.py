@@ -1,5 +1,8 @@
 """Shared fixtures: one real local Ray for the whole session, and the shipped corpora.
 
+The corpora are ../shared/data when it is there, else the repo's data/ slices (the first 20k lines
+of eng-fra, eng-ron, eng-ind: what the tests read); a test never skips for want of them.
+
 Ray starts only when a test asks for ``ray_session``; pure tests (rates, planner, frontier) run
 in milliseconds without it.
 """
@@ -14,6 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+SLICES = ROOT / "data"
+NEEDED = [
+    f"tatoeba/{s}/eng-{lang}.tsv.gz" for s in ("train", "test") for lang in ("fra", "ron", "ind")
+]
 
 # Settings for a small, fast, quiet local Ray (see DEVELOPERS.md): short AF_UNIX paths, no usage
 # stats, worker groups that fail fast instead of retrying for minutes.
@@ -26,9 +33,12 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "tatoeba").is_dir():
-        pytest.skip(f"shipped corpora not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """The corpus root the tests read: ../shared/data, else the in-repo slices."""
+    root = SHARED_DATA if (SHARED_DATA / "tatoeba").is_dir() else SLICES
+    missing = [f for f in NEEDED if not (root / f).is_file()]
+    if missing:
+        pytest.fail(f"{root}: missing {', '.join(missing)} (the in-repo slices are in {SLICES})")
+    return root
 
 
 @pytest.fixture(scope="session")
