@@ -57,6 +57,7 @@ def prepare(cfg: DataConfig, *, verbose: bool = True) -> Prepared:
     log = _logger(verbose)
     out = ensure_writable_dir(Path(cfg.out_dir) if cfg.out_dir else cache_root(), "output dir")
     root = data_dir(cfg)
+    log(f"corpora: {root.source} {root.path}")
     tasks = resolve_tasks(cfg, root.path)
     if root.is_cache:
         _download_missing(tasks, root, log)
