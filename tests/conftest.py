@@ -10,6 +10,7 @@ in milliseconds without it.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,21 @@ def shared_data() -> Path:
     if missing:
         pytest.fail(f"{root}: missing {', '.join(missing)} (the in-repo slices are in {SLICES})")
     return root
+
+
+@pytest.fixture
+def lone_clone(tmp_path, monkeypatch) -> Path:
+    """A clone with no ../shared beside it: a copy of data/ stands in for the repo's slices, the
+    working dir is the copy's repo, $RAY_MTL_DATA is unset and the cache is tmp_path/cache."""
+    from ray_mtl.data import catalog
+
+    repo = tmp_path / "ws" / "repo"
+    shutil.copytree(catalog.REPO_DATA, repo / "data")
+    monkeypatch.setattr(catalog, "REPO_DATA", repo / "data")
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("RAY_MTL_DATA", raising=False)
+    monkeypatch.setenv("RAY_MTL_CACHE", str(tmp_path / "cache"))
+    return repo
 
 
 @pytest.fixture(scope="session")

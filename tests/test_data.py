@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from ray_mtl.config import DataConfig, TaskSpec
-from ray_mtl.data import BOS, EOS, PAD, UNK, Prepared, catalog, load_prepared, prepare, table
+from ray_mtl.data import BOS, EOS, PAD, UNK, Prepared, load_prepared, prepare, table
 from ray_mtl.data.catalog import REPO_DATA, SLICES, data_dir
 from ray_mtl.data.corpus import normalise, read_pairs
 from ray_mtl.data.download import Unpinned, fetch, fetch_tatoeba, sha256_file
@@ -298,17 +298,9 @@ def test_in_repo_slices_match_their_manifest():
     assert "Licence: CC-BY 2.0 FR" in (REPO_DATA / "README.md").read_text()
 
 
-def test_data_dir_resolution_order(tmp_path, monkeypatch):
-    """--data-dir, $RAY_MTL_DATA, ../shared/data, the in-repo slices (when they hold enough), cache.
-
-    A copy of data/ stands in for the repo's, in a folder with no ../shared beside it."""
-    repo = tmp_path / "ws" / "repo"
-    shutil.copytree(REPO_DATA, repo / "data")
-    monkeypatch.setattr(catalog, "REPO_DATA", repo / "data")
-    monkeypatch.chdir(repo)
-    monkeypatch.delenv("RAY_MTL_DATA", raising=False)
-    monkeypatch.setenv("RAY_MTL_CACHE", str(tmp_path / "cache"))
-
+def test_data_dir_resolution_order(lone_clone, tmp_path, monkeypatch):
+    """--data-dir, $RAY_MTL_DATA, ../shared/data, the slices (when they hold enough), the cache."""
+    repo = lone_clone
     smoke = DataConfig(max_pairs=20_000)  # eng-fra + eng-ron, as make run
     root = data_dir(smoke)
     assert (root.path, root.source, root.is_cache) == (repo / "data", "the in-repo slices", False)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from ray_mtl.data import catalog
 from ray_mtl.prepare import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,15 +132,10 @@ def test_cli_subprocess_exit_code(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_missing_file_names_every_place_looked_in(tmp_path, capsys, monkeypatch):
+def test_missing_file_names_every_place_looked_in(lone_clone, tmp_path, capsys):
     """No --data-dir, no ../shared/data, slices too short for the run, an empty cache, nothing
     pinned to download with: the error names the file and each place, and writes nothing."""
-    repo = tmp_path / "ws" / "repo"
-    shutil.copytree(catalog.REPO_DATA, repo / "data")  # a clone with no ../shared beside it
-    monkeypatch.setattr(catalog, "REPO_DATA", repo / "data")
-    monkeypatch.chdir(repo)
-    monkeypatch.delenv("RAY_MTL_DATA", raising=False)
-    monkeypatch.setenv("RAY_MTL_CACHE", str(tmp_path / "cache"))
+    repo = lone_clone
     rc = main(["--tasks", "eng-fra", "--out-dir", str(tmp_path / "out"), "-q"])  # all of eng-fra
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
