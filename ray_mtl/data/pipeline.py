@@ -339,11 +339,11 @@ def _manifest(key, cfg, tasks, cleaned, encoded, tok_key, tok_dir) -> dict:
 def _download_missing(tasks: list[Task], root: DataRoot, log) -> None:
     for t in tasks:
         if missing := first_missing([t]):
-            log(f"downloading {t.name} into {root.path} ...")
             try:
                 download.fetch_tatoeba(t.tgt_lang, root.path)
             except download.Unpinned as e:
                 raise root.not_found(missing, f"not there, and {e}") from None
+            log(f"downloaded {t.name} into {root.path}")
 
 
 def _file_info(path: Path) -> dict:
