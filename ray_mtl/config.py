@@ -223,7 +223,7 @@ class DataConfig:
     custom_tasks: list[TaskSpec] = dataclasses.field(default_factory=list)
     """User corpora, each a TaskSpec; a name here overrides the catalogue."""
     data_dir: str | None = None
-    """Corpus root. None: env RAY_MTL_DATA, then ../shared/data, then the cache (download)."""
+    """Corpus root. None: env RAY_MTL_DATA, ../shared/data, the repo's data/ slices, the cache."""
     out_dir: str | None = None
     """Where prepared data is written. None: env RAY_MTL_CACHE or ~/.cache/ray_mtl."""
     vocab_size: int = 8000

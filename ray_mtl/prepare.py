@@ -6,7 +6,8 @@
 
 Prints the per-task counts and the prepared dir (pass it to training, or give the same config:
 a second run reuses the cache). Flags override the YAML (a DataConfig). Corpora come from
-``--data-dir``, else $RAY_MTL_DATA, else ../shared/data, else the cache dir (downloaded there).
+``--data-dir``, else $RAY_MTL_DATA, else ../shared/data, else the repo's ``data/`` slices when they
+hold enough lines, else the cache dir (downloaded there only with pinned checksums).
 """
 
 from __future__ import annotations

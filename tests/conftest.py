@@ -1,5 +1,8 @@
 """Shared fixtures: one real local Ray for the whole session, and the shipped corpora.
 
+The corpora are ../shared/data when it is there, else the repo's data/ slices (the first 20k lines
+of eng-fra, eng-ron, eng-ind: what the tests read); a test never skips for want of them.
+
 Ray starts only when a test asks for ``ray_session``; pure tests (rates, planner, frontier) run
 in milliseconds without it.
 """
@@ -7,6 +10,7 @@ in milliseconds without it.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +22,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+SLICES = ROOT / "data"
+NEEDED = [
+    f"tatoeba/{s}/eng-{lang}.tsv.gz" for s in ("train", "test") for lang in ("fra", "ron", "ind")
+]
 
 # Settings for a small, fast, quiet local Ray (see DEVELOPERS.md): short AF_UNIX paths, no usage
 # stats, worker groups that fail fast instead of retrying for minutes.
@@ -36,9 +44,27 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "tatoeba").is_dir():
-        pytest.skip(f"shipped corpora not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """The corpus root the tests read: ../shared/data, else the in-repo slices."""
+    root = SHARED_DATA if (SHARED_DATA / "tatoeba").is_dir() else SLICES
+    missing = [f for f in NEEDED if not (root / f).is_file()]
+    if missing:
+        pytest.fail(f"{root}: missing {', '.join(missing)} (the in-repo slices are in {SLICES})")
+    return root
+
+
+@pytest.fixture
+def lone_clone(tmp_path, monkeypatch) -> Path:
+    """A clone with no ../shared beside it: a copy of data/ stands in for the repo's slices, the
+    working dir is the copy's repo, $RAY_MTL_DATA is unset and the cache is tmp_path/cache."""
+    from ray_mtl.data import catalog
+
+    repo = tmp_path / "ws" / "repo"
+    shutil.copytree(catalog.REPO_DATA, repo / "data")
+    monkeypatch.setattr(catalog, "REPO_DATA", repo / "data")
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("RAY_MTL_DATA", raising=False)
+    monkeypatch.setenv("RAY_MTL_CACHE", str(tmp_path / "cache"))
+    return repo
 
 
 def free_port() -> int:

@@ -15,17 +15,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from ray_mtl.config import DataConfig, TaskSpec
 from ray_mtl.data import BOS, EOS, PAD, UNK, Prepared, load_prepared, prepare, table
+from ray_mtl.data.catalog import REPO_DATA, SLICES, data_dir
 from ray_mtl.data.corpus import normalise, read_pairs
-from ray_mtl.data.download import fetch, fetch_tatoeba, sha256_file
+from ray_mtl.data.download import Unpinned, fetch, fetch_tatoeba, sha256_file
 from ray_mtl.data.prepared import SPLITS
 from ray_mtl.data.tokenizer import balanced_sample
 from ray_mtl.errors import UserError
 from ray_mtl.prepare import main
 
 TASKS = ["eng-fra", "eng-ron", "eng-ind"]
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT / ".." / "shared" / "data"
 
 
 def small_cfg(shared_data: Path, out: Path, **kw) -> DataConfig:
@@ -221,7 +225,7 @@ def test_balanced_sample_favours_low_resource():
     assert taken["ron"] / len(sample) > 2 * 500 / 10_500  # more than its proportional share
 
 
-def test_download_from_file_url_with_checksums(shared_data, tmp_path):
+def test_download_only_with_pinned_checksums(shared_data, tmp_path):
     # A manythings-style zip (english, target, attribution) and a Tatoeba-Challenge test file,
     # both made from real shipped lines, served by file:// URLs.
     with gzip.open(shared_data / "tatoeba/train/eng-ron.tsv.gz", "rt") as f:
@@ -235,37 +239,89 @@ def test_download_from_file_url_with_checksums(shared_data, tmp_path):
             "ron.txt", "".join(line.rstrip("\n") + "\tCC-BY 2.0 (France)\n" for line in train)
         )
     (web / "test" / "eng-ron" / "test.txt").write_text("".join(f"eng\tron\t{x}" for x in test))
+    zip_url, test_url = (web / "ron-eng.zip").as_uri(), (web / "test/eng-ron/test.txt").as_uri()
+    urls = dict(base=web.as_uri(), test_base=(web / "test").as_uri())
 
+    # Unpinned: refused before anything is fetched, with the file to pin the hash in.
     root = tmp_path / "data"
-    fetch_tatoeba("ron", root, base=web.as_uri(), test_base=(web / "test").as_uri())
+    root.mkdir()
+    unpinned = rf"no sha256 pinned for {zip_url} and {test_url}, .* {root / 'checksums.json'}"
+    with pytest.raises(Unpinned, match=unpinned):
+        fetch_tatoeba("ron", root, **urls)
+    assert list(root.iterdir()) == []
+
+    # Pinned by hand: fetched, converted, and equal to the lines it came from.
+    pins = {
+        zip_url: sha256_file(web / "ron-eng.zip"),
+        test_url: sha256_file(web / "test/eng-ron/test.txt"),
+    }
+    (root / "checksums.json").write_text(json.dumps(pins))
+    fetch_tatoeba("ron", root, **urls)
     got, _ = read_pairs(root / "tatoeba/train/eng-ron.tsv.gz")
     assert got == read_pairs(shared_data / "tatoeba/train/eng-ron.tsv.gz", max_lines=200)[0]
     got, _ = read_pairs(root / "tatoeba/test/eng-ron.tsv.gz")
     assert got == read_pairs(shared_data / "tatoeba/test/eng-ron.tsv.gz", max_lines=50)[0]
-    recorded = json.loads((root / "checksums.json").read_text())
-    url = (web / "ron-eng.zip").as_uri()
-    assert recorded[url] == sha256_file(web / "ron-eng.zip")
+    assert json.loads((root / "checksums.json").read_text()) == pins  # read, never written
 
-    # The recorded checksum now guards the URL: changed bytes are refused, nothing is left.
+    # Changed bytes behind a pinned URL are refused, and nothing is left behind.
     (web / "ron-eng.zip").write_bytes(b"tampered")
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copy(root / "checksums.json", again)
+    with pytest.raises(UserError, match=f"{zip_url}: checksum mismatch"):
+        fetch_tatoeba("ron", again, **urls)
+    assert [p.name for p in again.rglob("*") if p.is_file()] == ["checksums.json"]
     with pytest.raises(UserError, match="checksum mismatch"):
-        fetch(url, tmp_path / "dl" / "x.zip", record=root / "checksums.json")
-    with pytest.raises(UserError, match="checksum mismatch"):
-        fetch(url, tmp_path / "dl" / "x.zip", sha256="0" * 64)
+        fetch(zip_url, tmp_path / "dl" / "x.zip", pins[zip_url])
     assert list((tmp_path / "dl").iterdir()) == []
-    ok = fetch(url, tmp_path / "dl" / "x.zip", sha256=sha256_file(web / "ron-eng.zip"))
+    ok = fetch(zip_url, tmp_path / "dl" / "x.zip", sha256_file(web / "ron-eng.zip"))
     assert ok.read_bytes() == b"tampered"
 
 
-def test_data_dir_resolution_order(shared_data, tmp_path, monkeypatch):
-    from ray_mtl.data.catalog import data_dir
+def test_in_repo_slices_match_their_manifest():
+    """data/: each slice holds the lines slices.json says and serves the smoke sweep's max_pairs."""
+    manifest = json.loads((REPO_DATA / SLICES).read_text())
+    for name, f in manifest["files"].items():
+        path = REPO_DATA / "tatoeba" / name
+        assert sha256_file(path) == f["sha256"], name
+        with gzip.open(path, "rb") as g:
+            assert sum(1 for _ in g) == f["lines"] <= f["total"], name
+        shared = SHARED_DATA / "tatoeba" / name
+        if shared.is_file():  # where the full corpora are here too: a slice is their first lines
+            with gzip.open(path, "rb") as a, gzip.open(shared, "rb") as b:
+                kept = a.read()
+                assert b.read(len(kept)) == kept, name
+    smoke = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
+    tasks = smoke["tasks"]["high"] + smoke["tasks"]["low"]
+    cfg = DataConfig(tasks=tasks, data_dir=str(REPO_DATA), max_pairs=smoke["data"]["max_pairs"])
+    assert data_dir(cfg).path == REPO_DATA
+    assert "Licence: CC-BY 2.0 FR" in (REPO_DATA / "README.md").read_text()
 
-    monkeypatch.delenv("RAY_MTL_DATA", raising=False)
-    monkeypatch.setenv("RAY_MTL_CACHE", str(tmp_path / "cache"))
-    assert data_dir(DataConfig()) == (shared_data, False)  # ../shared/data of the project
+
+def test_data_dir_resolution_order(lone_clone, tmp_path, monkeypatch):
+    """--data-dir, $RAY_MTL_DATA, ../shared/data, the slices (when they hold enough), the cache."""
+    repo = lone_clone
+    smoke = DataConfig(max_pairs=20_000)  # eng-fra + eng-ron, as make run
+    root = data_dir(smoke)
+    assert (root.path, root.source, root.is_cache) == (repo / "data", "the in-repo slices", False)
+    assert data_dir(DataConfig(tasks=["eng-ron"])).path == repo / "data"  # the whole file is here
+    full = data_dir(DataConfig())  # all of eng-fra: more than its slice holds
+    assert (full.path, full.is_cache) == (tmp_path / "cache" / "data", True)
+    short = "tatoeba/train/eng-fra.tsv.gz holds the first 20,000 of its 167,130 lines"
+    assert f"{short}, and no max_pairs asks for more" in full.passed[-1]
+    deu = data_dir(DataConfig(tasks=["eng-deu"], max_pairs=100))
+    assert deu.is_cache and "no tatoeba/train/eng-deu.tsv.gz" in deu.passed[-1]
+
+    (tmp_path / "ws" / "shared" / "data" / "tatoeba").mkdir(parents=True)
+    assert data_dir(smoke).path == tmp_path / "ws" / "shared" / "data"
     monkeypatch.setenv("RAY_MTL_DATA", str(tmp_path))
-    assert data_dir(DataConfig()) == (tmp_path, False)
-    assert data_dir(DataConfig(data_dir=str(shared_data))) == (shared_data, False)
+    assert (data_dir(smoke).path, data_dir(smoke).source) == (tmp_path, "$RAY_MTL_DATA")
+    given = data_dir(DataConfig(data_dir=str(repo / "data"), max_pairs=20_000))
+    assert (given.path, given.source) == (repo / "data", "--data-dir")
+    # Given the slices, a run that wants more lines than they hold is refused, not shortened.
+    short = r"slices\.json: tatoeba/train/eng-fra\.tsv\.gz holds the first 20,000 of its 167,130 "
+    with pytest.raises(UserError, match=short + "lines, and max_pairs 20,001 asks for more"):
+        data_dir(DataConfig(data_dir=str(repo / "data"), max_pairs=20_001))
     monkeypatch.setenv("RAY_MTL_DATA", str(tmp_path / "missing"))
-    with pytest.raises(UserError, match="data dir not found"):
+    with pytest.raises(UserError, match=r"missing: data dir not found \(from \$RAY_MTL_DATA\)"):
         data_dir(DataConfig())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,15 @@ def case_missing_data_dir(tmp, shared):
     return ["--data-dir", str(tmp / "nodata")], ["nodata: data dir not found"]
 
 
+def case_data_root_missing_a_file(tmp, shared):
+    root = tmp / "root"
+    for split in ("train", "test"):
+        (root / "tatoeba" / split).mkdir(parents=True)
+        shutil.copy(shared / f"tatoeba/{split}/eng-ron.tsv.gz", root / "tatoeba" / split)
+    argv = ["--data-dir", str(root), "--tasks", "eng-ron,eng-fra"]
+    return argv, [f"tatoeba/train/eng-fra.tsv.gz: not found; looked in: --data-dir {root} ("]
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
@@ -120,3 +130,26 @@ def test_cli_subprocess_exit_code(tmp_path):
     )
     assert proc.returncode == 2 and "unknown task 'eng-zzz'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_file_names_every_place_looked_in(lone_clone, tmp_path, capsys):
+    """No --data-dir, no ../shared/data, slices too short for the run, an empty cache, nothing
+    pinned to download with: the error names the file and each place, and writes nothing."""
+    repo = lone_clone
+    rc = main(["--tasks", "eng-fra", "--out-dir", str(tmp_path / "out"), "-q"])  # all of eng-fra
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    shared = tmp_path / "ws" / "shared" / "data"
+    for text in [
+        "error: tatoeba/train/eng-fra.tsv.gz: not found; looked in: ",
+        f"../shared/data ({shared}: absent); ",
+        f"the in-repo slices {repo / 'data'} (tatoeba/train/eng-fra.tsv.gz holds the first 20,000 "
+        "of its 167,130 lines, and no max_pairs asks for more); ",
+        f"the cache {tmp_path / 'cache' / 'data'} (not there, and no sha256 pinned for "
+        "https://www.manythings.org/anki/fra-eng.zip and ",
+        f"{tmp_path / 'cache' / 'data' / 'checksums.json'}",
+        "or point --data-dir / RAY_MTL_DATA at a root that holds it",
+    ]:
+        assert text in err, err
+    assert not (tmp_path / "cache").exists()
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]

@@ -33,7 +33,14 @@ import sentencepiece as spm
 
 from ray_mtl.config import DataConfig
 from ray_mtl.data import download
-from ray_mtl.data.catalog import TATOEBA_LANGS, Task, cache_root, data_dir, resolve_tasks
+from ray_mtl.data.catalog import (
+    DataRoot,
+    Task,
+    cache_root,
+    data_dir,
+    first_missing,
+    resolve_tasks,
+)
 from ray_mtl.data.corpus import Pair, ReadStats, read_pairs
 from ray_mtl.data.prepared import SPLITS, Prepared, load_prepared, manifest_hash
 from ray_mtl.data.splits import make_splits
@@ -49,10 +56,12 @@ def prepare(cfg: DataConfig, *, verbose: bool = True) -> Prepared:
     """Build (or reuse) the prepared data dir for ``cfg``; ``Prepared.built`` lists what ran."""
     log = _logger(verbose)
     out = ensure_writable_dir(Path(cfg.out_dir) if cfg.out_dir else cache_root(), "output dir")
-    root, is_cache = data_dir(cfg)
-    tasks = resolve_tasks(cfg, root)
-    if is_cache:
+    root = data_dir(cfg)
+    log(f"corpora: {root.source} {root.path}")
+    tasks = resolve_tasks(cfg, root.path)
+    if root.is_cache:
         _download_missing(tasks, root, log)
+    root.check(tasks)
     stages = out / "stages"
     built: list[str] = []
 
@@ -327,12 +336,14 @@ def _manifest(key, cfg, tasks, cleaned, encoded, tok_key, tok_dir) -> dict:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _download_missing(tasks: list[Task], root: Path, log) -> None:
+def _download_missing(tasks: list[Task], root: DataRoot, log) -> None:
     for t in tasks:
-        shipped = t.tgt_lang in TATOEBA_LANGS and t.name == f"eng-{t.tgt_lang}"
-        if shipped and not all(p.is_file() for p in t.train + t.test):
-            log(f"downloading {t.name} into {root} ...")
-            download.fetch_tatoeba(t.tgt_lang, root)
+        if missing := first_missing([t]):
+            try:
+                download.fetch_tatoeba(t.tgt_lang, root.path)
+            except download.Unpinned as e:
+                raise root.not_found(missing, f"not there, and {e}") from None
+            log(f"downloaded {t.name} into {root.path}")
 
 
 def _file_info(path: Path) -> dict:
