@@ -452,9 +452,11 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
 
 def test_ctrl_c_then_resume(data_cfg, tmp_path, short_dir, capsys):
     """Ctrl-C (SIGINT) of a running sweep exits non-zero with the project's own --resume line;
-    a second sweep in the same dir is refused while it runs (--overwrite too). A moved copy is
-    refused on resume, naming where it was written; the sweep resumes where it was written with
-    --max-concurrent 1, and every trial finishes."""
+    a second sweep in the same dir is refused while it runs (--overwrite too). The interrupt
+    lands the moment the trunk's rows for its fork checkpoint are on storage: Tune may not have
+    recorded that checkpoint yet, and no row may be lost. A moved copy is refused on resume,
+    naming where it was written; the sweep resumes where it was written with --max-concurrent 1,
+    and every trial finishes, each row once."""
     import yaml
 
     space = dict(
@@ -488,6 +490,10 @@ def test_ctrl_c_then_resume(data_cfg, tmp_path, short_dir, capsys):
         for extra in ([], ["--overwrite"]):
             assert tune.main(["--space", str(tmp_path / "space.yaml"), *extra]) == 2
             assert "a sweep is running in this dir" in capsys.readouterr().err
+        rows = sweep / "segments" / "pt-s0" / "metrics.parquet"
+        while time.time() < deadline and driver.poll() is None and max_step(rows) < 20:
+            time.sleep(0.02)
+        before = rows_by_segment(sweep)
         os.kill(driver.pid, signal.SIGINT)
         rc = driver.wait(timeout=120)
     finally:
@@ -515,3 +521,8 @@ def test_ctrl_c_then_resume(data_cfg, tmp_path, short_dir, capsys):
     assert json.loads((sweep / "tree_state.json").read_text())["slots"] == 1
     trials = pq.read_table(sweep / "trials.parquet").to_pandas()
     assert (trials.status == "finished").all()
+    after = pq.read_table(sweep / "metrics.parquet").to_pandas()
+    assert not after.duplicated(KEY).any()
+    for seg, df in before.items():
+        kept = df[df.metric != "tokens_per_s"].merge(after, on=KEY, how="left")
+        assert kept.value_y.notna().all(), f"{seg}: rows lost"
