@@ -24,6 +24,12 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `cluster` start a Ray cluster of their own (`ray up`): they run last, and shut
+    the session's Ray down first, since two Ray clusters on 2 cores starve each other."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "tatoeba").is_dir():
