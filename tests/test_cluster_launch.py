@@ -443,6 +443,8 @@ def test_unreachable_head_is_named(head):
     assert not answers(22), "this case needs nothing listening on 127.0.0.1:22"
     # Plain SSH as the file has it (no proxy): port 22 of 127.0.0.1, where nothing listens. Ray
     # tries `uptime` over SSH every 5 s for AUTOSCALER_NODE_START_WAIT_S (900 s unless set).
+    if not (head.dir / "home" / ".ray" / "auth_token").is_file():  # run alone: no cluster before
+        assert head.ray(readme_step("get-auth-token")[1])[0].returncode == 0
     file = head.cluster_file("unreachable.yaml", via_sshd=False)
     env = head.env(AUTOSCALER_NODE_START_WAIT_S="20")
     r, out = head.ray(["ray", "up", "-y", str(file)], env, timeout=300)
