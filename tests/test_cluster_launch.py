@@ -172,7 +172,6 @@ class Head:
     sshd: subprocess.Popen
     dir: Path  # the laptop side: home/ (HOME), tmp/ (TMPDIR, RAY_TMPDIR), storage/, configs
     key: Path
-    overlay: bool  # ~/venv sees this checkout's .venv
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
@@ -240,7 +239,8 @@ def need(tool: str) -> str:
 
 
 def overlay_venv(user: str, home: Path) -> bool:
-    """Give ``user`` a ~/venv that sees this checkout's .venv (read-only), if it can read it."""
+    """Give ``user`` a ~/venv that sees this checkout's .venv (read-only), if it can read it;
+    else none (cluster_setup.sh makes one)."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     python = shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")
     site = Path(sys.prefix) / "lib" / version / "site-packages"
@@ -290,6 +290,7 @@ def head(shared_data) -> Iterator[Head]:
     h = None
     try:
         h = start_head(user, port, d, key, ray_tmp, sshd)
+        wait_for_sshd(h)
         yield h
     finally:
         if h is not None:
@@ -302,7 +303,7 @@ def head(shared_data) -> Iterator[Head]:
 
 
 def start_head(user: str, port: int, d: Path, key: Path, ray_tmp: Path, sshd: str) -> Head:
-    """The head user's home (authorized key, RAY_TMPDIR, ~/venv) and its sshd, listening."""
+    """The head user's home (authorized key, RAY_TMPDIR, ~/venv) and its sshd, started."""
     entry = pwd.getpwnam(user)
     home = Path(entry.pw_dir)
     ssh_dir = home / ".ssh"
@@ -312,7 +313,7 @@ def start_head(user: str, port: int, d: Path, key: Path, ray_tmp: Path, sshd: st
         f.write(f"export RAY_TMPDIR={ray_tmp}\n")
     for path in (ssh_dir, ssh_dir / "authorized_keys", home / ".bashrc", ray_tmp):
         os.chown(path, entry.pw_uid, entry.pw_gid)
-    overlay = overlay_venv(user, home)
+    overlay_venv(user, home)
 
     config = d / "sshd" / "sshd_config"
     config.write_text(
@@ -324,13 +325,15 @@ def start_head(user: str, port: int, d: Path, key: Path, ray_tmp: Path, sshd: st
     log = d / "sshd" / "log"
     with log.open("w") as out:
         proc = subprocess.Popen([sshd, "-D", "-e", "-f", config], stdout=out, stderr=out)
-    h = Head(user, entry.pw_uid, home, port, proc, d, key, overlay)
+    return Head(user, entry.pw_uid, home, port, proc, d, key)
+
+
+def wait_for_sshd(h: Head) -> None:
     deadline = time.monotonic() + 30
-    while not answers(port):
-        assert proc.poll() is None, log.read_text()
+    while not answers(h.ssh_port):
+        assert h.sshd.poll() is None, (h.dir / "sshd" / "log").read_text()
         assert time.monotonic() < deadline, "sshd did not listen within 30 s"
         time.sleep(0.2)
-    return h
 
 
 @dataclass
