@@ -221,3 +221,12 @@ def test_job_submissions_parse_and_plan():
     assert any(s.startswith("/mnt/nfs/") for s in storages["README section"])
     assert all(s.startswith("s3://") for s in storages[AWS])
     assert all(s.startswith("/mnt/nfs/") for s in storages[ONPREM])
+
+
+def test_the_install_has_the_jobs_cli():
+    """`make install` gives `ray job submit` what it needs (ray[default]): it reaches for the
+    cluster, rather than stopping at "The Ray jobs CLI & SDK require the ray[default]"."""
+    from ray.dashboard.modules.job.sdk import JobSubmissionClient
+
+    with pytest.raises(ConnectionError, match="Failed to connect to Ray"):
+        JobSubmissionClient("http://127.0.0.1:9")  # discard: nothing listens there
