@@ -42,6 +42,12 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `cluster` start a Ray cluster of their own (`ray up`): they run last, and shut
+    the session's Ray down first, since two Ray clusters on 2 cores starve each other."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The corpus root the tests read: ../shared/data, else the in-repo slices."""

@@ -24,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS, ONPREM = "cluster.yaml", "cluster_onprem.yaml"
+SETUP = ROOT / "cluster_setup.sh"  # the node setup both files run
 CONFIGS = (AWS, ONPREM)
 SECRETS = {
     "AWS access key id": r"\b(AKIA|ASIA)[0-9A-Z]{16}\b",
@@ -46,8 +47,9 @@ def readme_section() -> str:
 
 
 def texts() -> dict[str, str]:
-    """Every text that shows commands: both configs (comments included) and the README section."""
-    out = {name: (ROOT / name).read_text(encoding="utf-8") for name in CONFIGS}
+    """Every text that shows commands: both configs (comments included), their setup script and
+    the README section."""
+    out = {name: (ROOT / name).read_text(encoding="utf-8") for name in (*CONFIGS, SETUP.name)}
     return out | {"README section": readme_section()}
 
 
@@ -112,10 +114,9 @@ def test_dashboard_on_localhost(name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_token_auth_stays_on(name):
     cfg, text = config(name), (ROOT / name).read_text(encoding="utf-8")
+    assert "bash ~/ray_mtl/cluster_setup.sh" in commands(cfg, "setup_commands")
     # Ray's command runner sources ~/.bashrc for every command, `ray start` included.
-    assert re.search(
-        r"echo '[^']*\bRAY_AUTH_MODE=token\b[^']*' >> ~/.bashrc", commands(cfg, "setup_commands")
-    )
+    assert re.search(r"echo '[^']*\bRAY_AUTH_MODE=token\b[^']*' >> ~/.bashrc", SETUP.read_text())
     assert "RAY_AUTH_MODE=disabled" not in text
     # The token reaches the nodes as a file from the user's machine, not as text in the config.
     assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
@@ -125,13 +126,26 @@ def test_same_setup_everywhere_pinned_to_this_checkout():
     aws, onprem = config(AWS), config(ONPREM)
     assert aws["setup_commands"] == onprem["setup_commands"]
     assert aws["file_mounts"] == onprem["file_mounts"]
-    setup = commands(aws, "setup_commands")
+    # The settings of cluster_setup.sh: torch's CUDA build, the project from the synced copy.
+    settings = dict(
+        a.split("=", 1) for a in shlex.split(commands(aws, "setup_commands")) if "=" in a
+    )
+    assert re.fullmatch(
+        r"https://download\.pytorch\.org/whl/cu\d+", settings["RAY_MTL_TORCH_INDEX"]
+    )
+    assert (
+        settings["RAY_MTL_INSTALL"] == "-e $HOME/ray_mtl" and aws["file_mounts"]["~/ray_mtl"] == "."
+    )
+    setup = SETUP.read_text()
     torch = importlib.metadata.version("torch").split("+")[0]
-    index = r" --index-url https://download\.pytorch\.org/whl/cu\d+\b"
-    assert re.search(rf"pip install( -q)? torch=={re.escape(torch)}{index}", setup), "CUDA torch"
+    assert f"pip install -q torch=={torch} " in setup
     assert f'"ray[default]=={importlib.metadata.version("ray")}"' in setup
-    assert "-e ~/ray_mtl" in setup and aws["file_mounts"]["~/ray_mtl"] == "."
     assert "RAY_MTL_DATA=$HOME/shared/data" in setup and "~/shared/data" in aws["file_mounts"]
+    # The script refuses to guess a setting the file does not give.
+    run = subprocess.run(
+        ["bash", SETUP], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert run.returncode != 0 and "set RAY_MTL_TORCH_INDEX" in run.stderr
 
 
 def test_no_secrets():
@@ -207,3 +221,12 @@ def test_job_submissions_parse_and_plan():
     assert any(s.startswith("/mnt/nfs/") for s in storages["README section"])
     assert all(s.startswith("s3://") for s in storages[AWS])
     assert all(s.startswith("/mnt/nfs/") for s in storages[ONPREM])
+
+
+def test_the_install_has_the_jobs_cli():
+    """`make install` gives `ray job submit` what it needs (ray[default]): it reaches for the
+    cluster, rather than stopping at "The Ray jobs CLI & SDK require the ray[default]"."""
+    from ray.dashboard.modules.job.sdk import JobSubmissionClient
+
+    with pytest.raises(ConnectionError, match="Failed to connect to Ray"):
+        JobSubmissionClient("http://127.0.0.1:9")  # discard: nothing listens there
