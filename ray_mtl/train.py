@@ -371,9 +371,10 @@ def train_chain(
     resume: dict | None = None,
     more: Callable[[], dict[str, TrainConfig]] | None = None,
 ) -> None:
-    """Train the segments of ``chain`` (id -> config) in order on this worker, then those that
-    ``more()`` gives while it gives any. Each report's metrics and checkpoint state name their
-    segment (``"segment"``); segments with the same data config share it, prepared once.
+    """Train the segments of ``chain`` (id -> config, possibly none) in order on this worker,
+    then those that ``more()`` gives while it gives any. Each report's metrics and checkpoint
+    state name their segment (``"segment"``); segments with the same data config share it,
+    prepared once.
 
     ``resume`` is the latest checkpoint state of this run (fault recovery): its segment goes on
     from it, or, if it is that segment's last, the next one starts; those before it are done.
@@ -385,7 +386,7 @@ def train_chain(
         if checkpoint.is_last(chain[todo[0]], resume):
             todo, resume = todo[1:], None
     prepared: dict[str, data_lib.Prepared] = {}
-    while todo:
+    while True:
         for seg in todo:
             cfg = chain[seg]
 
@@ -402,6 +403,8 @@ def train_chain(
                 tagged(e.metrics | {"diverged": 1}, None)
             resume = None
         new = more() if more else {}
+        if not new:
+            return
         chain, todo = chain | new, list(new)
 
 
