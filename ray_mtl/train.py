@@ -36,6 +36,7 @@ from ray_mtl.config import TrainConfig, check, load, to_dict
 from ray_mtl.errors import UserError, cli
 from ray_mtl.evaluate import evaluate_task
 from ray_mtl.model import Transformer, autocast, token_losses
+from ray_mtl.plan import eval_and_checkpoint_steps
 from ray_mtl.rates import rates
 from ray_mtl.sampler import MixtureSampler
 from ray_mtl.schedule import Schedule
@@ -120,21 +121,6 @@ def new_sampler(cfg: TrainConfig, prepared: data_lib.Prepared, worker: Worker) -
         world_size=worker.world_size,
         pack_length=cfg.pack_length,
     )
-
-
-def eval_and_checkpoint_steps(
-    cfg: TrainConfig, start_step: int, end_step: int
-) -> tuple[set[int], set[int]]:
-    """The steps (after ``start_step``) at which to evaluate, and at which to checkpoint."""
-    ahead = range(start_step + 1, end_step + 1)
-    eval_at = {s for s in ahead if s % cfg.eval.every == 0}
-    eval_at |= {s for s in [*cfg.eval_steps, *cfg.fork_steps] if start_step < s <= end_step}
-    eval_at.add(end_step)
-    ckpt_at = {s for s in cfg.fork_steps if start_step < s <= end_step}
-    if cfg.checkpoint_every:
-        ckpt_at |= {s for s in eval_at if s % cfg.checkpoint_every == 0}
-    ckpt_at.add(end_step)
-    return eval_at, ckpt_at
 
 
 # --------------------------------------------------------------------------------------------
