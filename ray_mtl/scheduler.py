@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 
 from ray_mtl.config import from_dict
 from ray_mtl.plan import Segment
@@ -158,21 +159,27 @@ class Tree:
         """Whether a trial still trains a segment it was given."""
         return any(self._left(i) > 0 for i in self.issued.get(trial_id, []))
 
-    def _coming(self) -> list[str]:
-        """Segments not issued nor ready that forks in running trials will still release."""
-        owner = {i: t for t, c in self.issued.items() if t in self.running for i in c}
-        dead = set(self.failed) | set(self.diverged)
+    def _closure(self, root: Callable[[Segment], bool], skip: set[str]) -> set[str]:
+        """The segments outside ``skip`` that ``root`` holds for, and their descendants."""
         out: set[str] = set()
         changed = True
         while changed:
             changed = False
             for i, s in self.segments.items():
-                if i in out or i in owner or i in self.ready or s.parent is None:
-                    continue
-                live = s.parent in owner and s.parent not in dead
-                if (live and self._fork(i) not in self.forks) or s.parent in out:
+                if i not in out and i not in skip and (s.parent in out or root(s)):
                     out.add(i)
                     changed = True
+        return out
+
+    def _coming(self) -> list[str]:
+        """Segments not issued nor ready that forks in running trials will still release."""
+        owned = {i for t, c in self.issued.items() if t in self.running for i in c}
+        dead = set(self.failed) | set(self.diverged)
+
+        def live(s: Segment) -> bool:
+            return s.parent in owned and s.parent not in dead and self._fork(s.id) not in self.forks
+
+        out = self._closure(live, owned | set(self.ready))
         return [i for i in self.segments if i in out]
 
     def unreachable(self) -> set[str]:
@@ -180,17 +187,9 @@ class Tree:
         fork step."""
         issued = {i for c in self.issued.values() for i in c}
         dead = set(self.failed) | set(self.diverged)
-        out: set[str] = set()
-        changed = True
-        while changed:
-            changed = False
-            for i, s in self.segments.items():
-                no_fork = self._fork(i) not in self.forks
-                bad = (s.parent in dead and no_fork) or s.parent in out
-                if bad and i not in out and i not in issued:
-                    out.add(i)
-                    changed = True
-        return out
+        return self._closure(
+            lambda s: s.parent in dead and self._fork(s.id) not in self.forks, issued
+        )
 
     def on_result(self, result: dict) -> bool:
         """Records progress; True when the result is a new fork (its branches are ready) or a

@@ -136,7 +136,9 @@ class TreeSearcher(Searcher):
     """
 
     def __init__(self, name: str, space: SpaceConfig, sweep: str, tree: Tree | None = None):
-        super().__init__(metric="step", mode="max")
+        # No metric: Tune would demand it of a trial that ends without a result (one started
+        # ahead of a fork that others took).
+        super().__init__()
         self.name, self.space, self.sweep = name, to_dict(space), sweep
         self.actor = start_dispatcher(name, tree, space, sweep) if tree else None
 
@@ -219,11 +221,11 @@ class TreeProgress(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         seg = self.plan.segments[result["segment"]]
         self.steps[seg.id] = int(result["step"]) - seg.start_step
-        # timeline.json is written when a segment starts or ends, not at every result
         if result.get("checkpoint_path"):
             for child in self.plan.children(seg.id):
                 if child.start_step == int(result["step"]):
                     self.ready.setdefault(child.id, time.time())
+        # timeline.json is written when a segment starts or ends, not at every result
         if seg.id not in self.timeline:
             ready = self.ready.get(seg.id, time.time())
             start = max(self.free_at.get(trial.trial_id, ready), ready)
