@@ -200,8 +200,11 @@ def train(
     """Run ``cfg`` on this worker. ``resume`` is the state of this same run (fault recovery);
     ``prepared`` is ``cfg.data`` already prepared (segments of a chain share it).
 
-    Returns the last metrics reported; raises ``Diverged`` at a non-finite loss.
+    Returns the last metrics reported; raises ``Diverged`` at a non-finite loss. Reports time
+    what is not optimizer steps: ``setup_s`` (the first: model, optimizer, sampler, checkpoint)
+    and ``eval_s`` (each: evaluation, best-per-task weights, test at the end).
     """
+    begun = time.perf_counter()
     torch.manual_seed(cfg.seed)
     prepared = prepared or data_lib.prepare(cfg.data, verbose=False)
     tasks, vocab = prepared.tasks, prepared.vocab_size
@@ -228,6 +231,7 @@ def train(
     loss_sum = torch.zeros(len(tasks), device=worker.device)
     loss_tokens = torch.zeros(len(tasks), device=worker.device)
     tokens_seen, t0 = 0, time.perf_counter()
+    setup_s = t0 - begun
     metrics: dict[str, Any] = {}
     phase = -1
 
@@ -290,6 +294,9 @@ def train(
                 metrics[f"train/{t}/loss"] = float(loss_sum[i] / loss_tokens[i])
         loss_sum.zero_()
         loss_tokens.zero_()
+        if setup_s is not None:
+            metrics["setup_s"], setup_s = setup_s, None
+        evaluated = time.perf_counter()
         if worker.is_main:
             metrics.update(evaluate_split(cfg, raw_model, prepared, "dev", worker.device))
         # Every rank decides alike: rank 0's dev CE and the all-reduced training losses.
@@ -302,6 +309,7 @@ def train(
             best.update(done, metrics, tasks, raw_model)
             if done == schedule.end_step and cfg.eval.test_at_end:
                 metrics.update(best.test(cfg, raw_model, prepared, worker.device))
+            metrics["eval_s"] = time.perf_counter() - evaluated
             print_progress(metrics, tasks, schedule.end_step)
             if done in ckpt_at:
                 state = checkpoint.capture(
