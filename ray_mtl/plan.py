@@ -130,6 +130,21 @@ def segment_config(
     )
 
 
+def eval_and_checkpoint_steps(
+    cfg: TrainConfig, start_step: int, end_step: int
+) -> tuple[set[int], set[int]]:
+    """The steps (after ``start_step``) at which to evaluate, and at which to checkpoint."""
+    ahead = range(start_step + 1, end_step + 1)
+    eval_at = {s for s in ahead if s % cfg.eval.every == 0}
+    eval_at |= {s for s in [*cfg.eval_steps, *cfg.fork_steps] if start_step < s <= end_step}
+    eval_at.add(end_step)
+    ckpt_at = {s for s in cfg.fork_steps if start_step < s <= end_step}
+    if cfg.checkpoint_every:
+        ckpt_at |= {s for s in eval_at if s % cfg.checkpoint_every == 0}
+    ckpt_at.add(end_step)
+    return eval_at, ckpt_at
+
+
 def group_rates(high: list[str], low: list[str], w: float) -> dict[str, float]:
     """Low-resource tasks share ``w`` equally, high-resource tasks share ``1 - w`` equally."""
     rates = {t: (1 - w) / len(high) for t in high}

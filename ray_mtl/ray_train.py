@@ -23,8 +23,9 @@ import torch
 from ray.train import UserCallback
 
 from ray_mtl import checkpoint
-from ray_mtl.config import TrainConfig, from_dict, to_dict
+from ray_mtl.config import RunSettings, TrainConfig, from_dict, to_dict
 from ray_mtl.results import SegmentRows
+from ray_mtl.scheduler import POLL_S, WAIT_S
 from ray_mtl.train import Worker, _from_rank0, train_chain
 
 # Read by Ray Train in the process that calls fit() and passed on to its controller and workers;
@@ -46,7 +47,7 @@ def _configs(plain: dict[str, dict]) -> dict[str, TrainConfig]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One DDP rank of ``config["segments"]`` (id -> plain TrainConfig), or, with
     ``config["dispatcher"]`` (actor name, Tune trial id), of the segments that dispatcher hands
-    this trial (see ``ray_mtl.scheduler.Tree``)."""
+    this trial (see ``ray_mtl.scheduler.Tree``; none yet for a trial started ahead of a fork)."""
     ctx = ray.train.get_context()
     worker = Worker(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
     chain, more = _configs(config["segments"]), None
@@ -57,16 +58,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         chain = _configs(_from_rank0(worker, lambda: ray.get(actor.chain.remote(trial))))
 
         def more() -> dict[str, TrainConfig]:
-            # None while this trial's own last fork checkpoints are on their way to the
-            # dispatcher (through Ray Train's controller and Tune): their branches may be next.
-            for _ in range(150):
+            # None while a fork still to come has a segment for this trial: one of its own on
+            # its way to the dispatcher (through Ray Train's controller and Tune), or another
+            # trial's.
+            for _ in range(int(WAIT_S / POLL_S)):
                 plain = _from_rank0(worker, lambda: ray.get(actor.more.remote(trial)))
                 if plain is not None:
                     return _configs(plain)
-                time.sleep(0.2)
+                time.sleep(POLL_S)
             return {}
 
-    torch.set_num_threads(max(1, int(next(iter(chain.values())).resources.cpus_per_worker)))
+    torch.set_num_threads(config["threads"])
     resume = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -109,18 +111,20 @@ def ray_trainer(
     callbacks: tuple = (),
     storage_filesystem: Any = None,
     dispatcher: tuple[str, str] | None = None,
+    run: RunSettings | None = None,
 ):
     """A ``TorchTrainer`` running ``segments`` (id -> config) one after another on the same
-    workers (those of the first, which all must share), then any more that ``dispatcher``
-    (actor name, Tune trial id) hands it."""
+    workers, then any more that ``dispatcher`` (actor name, Tune trial id) hands it. Its
+    workers and restarts are ``run``'s (default: the first segment's), which every segment
+    must share."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     for key, value in RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
 
-    cfg = next(iter(segments.values()))
-    res = cfg.resources
+    run = run or next(iter(segments.values()))
+    res = run.resources
     if any(c.resources != res for c in segments.values()):
         raise ValueError("the segments of one Train run must ask for the same resources")
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": 1} if res.use_gpu else {})
@@ -129,6 +133,7 @@ def ray_trainer(
         train_loop_config={
             "segments": {seg: to_dict(c) for seg, c in segments.items()},
             "dispatcher": dispatcher,
+            "threads": max(1, int(res.cpus_per_worker)),
         },
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -139,7 +144,7 @@ def ray_trainer(
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             callbacks=list(callbacks),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            failure_config=FailureConfig(max_failures=run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
     )

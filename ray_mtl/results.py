@@ -43,6 +43,8 @@ CONFIG_COLUMNS = ("trial", "method", "L", "F", "w", "temperature", "max_epochs",
 CONFIG_COLUMNS += ("final_step", "status")
 TRIAL_COLUMNS = (*CONFIG_COLUMNS, "lineage")
 KEY = ["step", "task", "split", "metric"]
+# Run-level metrics that time the run: they differ between two runs of the same segment.
+TIMINGS = ("tokens_per_s", "setup_s", "eval_s")
 GROUPS = ("high", "low")
 SWEEP_ENTRIES = frozenset(
     {"space.yaml", "plan.json", "results.json", "tree_state.json", "timeline.json", "tune"}
@@ -63,8 +65,9 @@ a piece failed (or its ancestor did) and will not run."""
 def metric_rows(segment: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Flat reported metrics -> rows (segment, step, task, split, metric, value).
 
-    ``split/task/metric`` keys become per-task rows; ``lr``, ``tokens_per_s`` and ``diverged``
-    become run-level rows with task ``*``; strings (sacrebleu signatures) are not rows.
+    ``split/task/metric`` keys become per-task rows; ``lr``, ``tokens_per_s``, ``diverged``,
+    ``setup_s`` and ``eval_s`` become run-level rows with task ``*``; strings (sacrebleu
+    signatures) are not rows.
     """
     step = int(metrics["step"])
     rows = []
@@ -74,7 +77,7 @@ def metric_rows(segment: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         parts = key.split("/")
         if len(parts) == 3:
             split, task, metric = parts
-        elif key in ("lr", "tokens_per_s", "diverged"):
+        elif key in ("lr", "diverged", *TIMINGS):
             split, task, metric = "train", "*", key
         else:
             continue

@@ -1,34 +1,67 @@
-"""The scheduler of a sweep: which segments each trial trains, and when a branch is ready.
+"""The scheduler of a sweep: which segment each trial trains next, and when a branch is ready.
 
     tree = Tree(plan.segments, slots=2, storage=sweep_uri)
-    tree.suggest("t1")              # ["pt-s0"]: trunks at once
+    tree.suggest("t1")              # ["pt-s0"]: the longest chain of work first
     tree.on_result({"segment": "pt-s0", "step": 100, "checkpoint_path": ".../checkpoint_0"})
-    tree.more("t1")                 # ["tp-L100-w0.3-s0", ...]: branches once their fork exists
+    tree.more("t1")                 # ["tp-L100-w0.3-s0"]: a branch once its fork exists
     tree.init_from("tp-L100-w0.3-s0")   # the fork checkpoint's URI
 
 Plain data over ``plan.Segment`` (no Ray): ``ray_mtl.tune`` holds a ``Tree`` in a named actor
 that Tune's searcher and each trial's rank-0 worker ask. ``to_json``/``from_json`` write and read
 its whole state, which is how a sweep resumed after a crash knows what it had handed out.
+``ray_mtl.simulate`` drives the same ``Tree`` with simulated trials (wall time, no Ray).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 
 from ray_mtl.config import from_dict
 from ray_mtl.plan import Segment
 from ray_mtl.storage import filesystem, join, with_path
 
+# A trial told to wait (``Tree.more`` answered None) asks again every POLL_S seconds, and ends
+# after WAIT_S of waiting (a later fork then gets a new trial): ``ray_mtl.ray_train`` does so,
+# ``ray_mtl.simulate`` models it.
+POLL_S = 0.2
+WAIT_S = 600.0
+
+
+def priorities(segments: dict[str, Segment]) -> dict[str, tuple[int, int]]:
+    """Per segment: (its critical path, its subtree's steps). The critical path is the steps of
+    its longest chain of descendants, from its start to the end of the last segment that forks
+    (directly or not) from it: a trunk whose branches fork late can outrank a longer trunk with
+    none. The subtree's steps (its own and all its descendants') break ties."""
+    children: dict[str, list[Segment]] = {i: [] for i in segments}
+    for s in segments.values():
+        if s.parent is not None:
+            children[s.parent].append(s)
+    out: dict[str, tuple[int, int]] = {}
+
+    def walk(i: str) -> tuple[int, int]:
+        if i not in out:
+            s, kids = segments[i], [(c, walk(c.id)) for c in children[i]]
+            path = max([s.steps, *(c.start_step - s.start_step + p for c, (p, _) in kids)])
+            out[i] = (path, s.steps + sum(w for _, (_, w) in kids))
+        return out[i]
+
+    for i in segments:
+        walk(i)
+    return out
+
 
 class Tree:
-    """Which segments each Tune trial trains: trunks at once, branches once their fork exists.
+    """Which segment each Tune trial trains next: the ready one the most work depends on.
 
-    A trial takes ready segments in order (those others fork from first) until it holds its
-    share of the work known now: the ready segments' steps plus what running trials have left,
-    over ``slots`` (trials at once; ``None``: one segment at a time). When it has trained them
-    it asks for ``more`` under the same rule, so a trial goes on while there is work for it and
-    Ray Train starts about once per slot rather than once per segment.
+    A trial is handed one ready segment at a time, the one with the longest chain of
+    descendants (``priorities``), and asks for ``more`` when it has trained it. So no trial
+    holds a segment back that a free slot could start, and a branch whose fork just arrived is
+    weighed against what was ready before. A trial with nothing ready waits (``more`` answers
+    None) while forks still to come in running trials have a segment for it, and with ``slots``
+    known, Tune starts such waiting trials ahead of the forks: Ray Train starts about once per
+    slot, and off the critical path, rather than once per segment when its fork arrives.
     """
 
     def __init__(
@@ -40,13 +73,15 @@ class Tree:
     ):
         self.segments = segments
         self.slots = slots
+        """Tune trials at once (None: no cap, e.g. GPUs with an autoscaler: then no trial starts
+        before a segment is ready for it, lest the cluster grow for work to come)."""
         self.storage = storage
         """The sweep's URI. Fork checkpoints under it are kept relative to it, so a sweep moved
         to another dir resumes from its own files; Ray's ``Checkpoint.path`` drops the scheme
         and the URI's options, which ``init_from`` puts back."""
         self.ready = [i for i, s in segments.items() if s.parent is None]
         self.issued: dict[str, list[str]] = {}  # Tune trial id -> its segments, in order
-        self.running: list[str] = []  # Tune trial ids
+        self.running: list[str] = []  # Tune trial ids, in the order they started
         self.progress: dict[str, int] = {}  # segment -> steps done
         self.failed: list[str] = []  # segments of trials that errored (a rerun may clear them)
         self.diverged: list[str] = []  # segments whose loss went non-finite (final)
@@ -70,32 +105,44 @@ class Tree:
         return tree
 
     def suggest(self, trial_id: str) -> list[str] | None:
-        """A new trial's first segments, or None if none is ready or every slot is taken."""
-        if not self.ready or (self.slots and len(self.running) >= self.slots):
+        """A new trial's first segment; empty: none yet, it starts and waits for a fork to come
+        (``more``); None: no trial is needed now (what is ready, trials that are free take)."""
+        free = sum(not self._busy(t) for t in self.running)
+        room = self.slots is not None and len(self.running) < self.slots
+        if len(self.ready) <= free and (self.ready or not room):
             return None
         self.running.append(trial_id)
-        return self.more(trial_id)
+        first = self.more(trial_id)
+        return None if first == [] else first or []
 
     def more(self, trial_id: str) -> list[str] | None:
-        """Segments for a trial that has trained those it was given (empty: none ready, it may
-        end; None: forks of its own are still on their way here, ask again)."""
+        """The next segment for a trial that has trained those it was given (empty: it may end;
+        None: a fork still to come has a segment for it, ask again).
+
+        It waits for a fork of its own when a branch from it would outrank every ready segment
+        (its last results may not have arrived yet), and, with nothing ready, while forks to
+        come in running trials have more segments than the trials that started before it and
+        wait too: the others end (a later fork gets a new trial)."""
         mine = self.issued.get(trial_id, [])
         for i in mine:  # trained, though their last results may not have arrived yet
             self.progress[i] = self.segments[i].steps
-        waiting = [
-            i
-            for i, s in self.segments.items()
-            if s.parent in mine
-            and s.parent not in self.diverged
-            and self._fork(i) not in self.forks
-        ]
-        if waiting:
+        rank = priorities(self.segments)
+        coming = self._coming()
+        own = [rank[i][0] for i in coming if self.segments[i].parent in mine]
+        if own and max(own) > max((rank[i][0] for i in self.ready), default=-1):
             return None
-        if not self.ready:
-            return []
-        take = self._take()
-        self.issued.setdefault(trial_id, []).extend(take)
-        return take
+        if self.ready:
+            # ties: the bigger subtree, then the one ready first
+            take = min(self.ready, key=lambda i: (-rank[i][0], -rank[i][1]))
+            self.ready.remove(take)
+            self.issued.setdefault(trial_id, []).append(take)
+            return [take]
+        idle = [t for t in self.running if t == trial_id or not self._busy(t)]
+        if trial_id in idle[: len(coming)]:
+            return None
+        if trial_id in self.running:  # it ends
+            self.running.remove(trial_id)
+        return []
 
     def chain(self, trial_id: str) -> list[str]:
         """All segments issued to a trial so far, in order (a restarted trial goes on in them)."""
@@ -121,35 +168,41 @@ class Tree:
     def _left(self, seg: str) -> int:
         return self.segments[seg].steps - self.progress.get(seg, 0)
 
-    def _take(self) -> list[str]:
-        parents = {s.parent for s in self.segments.values()}
-        order = sorted(self.ready, key=lambda i: i not in parents)  # stable
-        take = order[:1]
-        if self.slots:
-            running = sum(self._left(i) for t in self.running for i in self.issued.get(t, []))
-            share = (sum(self._left(i) for i in order) + running) / self.slots
-            while len(take) < len(order) and sum(self._left(i) for i in take) < share:
-                take.append(order[len(take)])
-        for i in take:
-            self.ready.remove(i)
-        return take
+    def _busy(self, trial_id: str) -> bool:
+        """Whether a trial still trains a segment it was given."""
+        return any(self._left(i) > 0 for i in self.issued.get(trial_id, []))
+
+    def _closure(self, root: Callable[[Segment], bool], skip: set[str]) -> set[str]:
+        """The segments outside ``skip`` that ``root`` holds for, and their descendants."""
+        out: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for i, s in self.segments.items():
+                if i not in out and i not in skip and (s.parent in out or root(s)):
+                    out.add(i)
+                    changed = True
+        return out
+
+    def _coming(self) -> list[str]:
+        """Segments not issued nor ready that forks in running trials will still release."""
+        owned = {i for t, c in self.issued.items() if t in self.running for i in c}
+        dead = set(self.failed) | set(self.diverged)
+
+        def live(s: Segment) -> bool:
+            return s.parent in owned and s.parent not in dead and self._fork(s.id) not in self.forks
+
+        out = self._closure(live, owned | set(self.ready))
+        return [i for i in self.segments if i in out]
 
     def unreachable(self) -> set[str]:
         """Segments that can never start because an ancestor failed or diverged before their
         fork step."""
         issued = {i for c in self.issued.values() for i in c}
         dead = set(self.failed) | set(self.diverged)
-        out: set[str] = set()
-        changed = True
-        while changed:
-            changed = False
-            for i, s in self.segments.items():
-                no_fork = self._fork(i) not in self.forks
-                bad = (s.parent in dead and no_fork) or s.parent in out
-                if bad and i not in out and i not in issued:
-                    out.add(i)
-                    changed = True
-        return out
+        return self._closure(
+            lambda s: s.parent in dead and self._fork(s.id) not in self.forks, issued
+        )
 
     def on_result(self, result: dict) -> bool:
         """Records progress; True when the result is a new fork (its branches are ready) or a

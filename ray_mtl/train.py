@@ -36,6 +36,7 @@ from ray_mtl.config import TrainConfig, check, load, to_dict
 from ray_mtl.errors import UserError, cli
 from ray_mtl.evaluate import evaluate_task
 from ray_mtl.model import Transformer, autocast, token_losses
+from ray_mtl.plan import eval_and_checkpoint_steps
 from ray_mtl.rates import rates
 from ray_mtl.sampler import MixtureSampler
 from ray_mtl.schedule import Schedule
@@ -122,21 +123,6 @@ def new_sampler(cfg: TrainConfig, prepared: data_lib.Prepared, worker: Worker) -
     )
 
 
-def eval_and_checkpoint_steps(
-    cfg: TrainConfig, start_step: int, end_step: int
-) -> tuple[set[int], set[int]]:
-    """The steps (after ``start_step``) at which to evaluate, and at which to checkpoint."""
-    ahead = range(start_step + 1, end_step + 1)
-    eval_at = {s for s in ahead if s % cfg.eval.every == 0}
-    eval_at |= {s for s in [*cfg.eval_steps, *cfg.fork_steps] if start_step < s <= end_step}
-    eval_at.add(end_step)
-    ckpt_at = {s for s in cfg.fork_steps if start_step < s <= end_step}
-    if cfg.checkpoint_every:
-        ckpt_at |= {s for s in eval_at if s % cfg.checkpoint_every == 0}
-    ckpt_at.add(end_step)
-    return eval_at, ckpt_at
-
-
 # --------------------------------------------------------------------------------------------
 # Evaluation and per-task early stopping
 # --------------------------------------------------------------------------------------------
@@ -219,8 +205,11 @@ def train(
     """Run ``cfg`` on this worker. ``resume`` is the state of this same run (fault recovery);
     ``prepared`` is ``cfg.data`` already prepared (segments of a chain share it).
 
-    Returns the last metrics reported; raises ``Diverged`` at a non-finite loss.
+    Returns the last metrics reported; raises ``Diverged`` at a non-finite loss. Reports time
+    what is not optimizer steps: ``setup_s`` (the first: model, optimizer, sampler, checkpoint)
+    and ``eval_s`` (each: evaluation, best-per-task weights, test at the end).
     """
+    begun = time.perf_counter()
     torch.manual_seed(cfg.seed)
     prepared = prepared or data_lib.prepare(cfg.data, verbose=False)
     tasks, vocab = prepared.tasks, prepared.vocab_size
@@ -247,6 +236,7 @@ def train(
     loss_sum = torch.zeros(len(tasks), device=worker.device)
     loss_tokens = torch.zeros(len(tasks), device=worker.device)
     tokens_seen, t0 = 0, time.perf_counter()
+    setup_s = t0 - begun
     metrics: dict[str, Any] = {}
     phase = -1
 
@@ -309,6 +299,9 @@ def train(
                 metrics[f"train/{t}/loss"] = float(loss_sum[i] / loss_tokens[i])
         loss_sum.zero_()
         loss_tokens.zero_()
+        if setup_s is not None:
+            metrics["setup_s"], setup_s = setup_s, None
+        evaluated = time.perf_counter()
         if worker.is_main:
             metrics.update(evaluate_split(cfg, raw_model, prepared, "dev", worker.device))
         # Every rank decides alike: rank 0's dev CE and the all-reduced training losses.
@@ -321,6 +314,7 @@ def train(
             best.update(done, metrics, tasks, raw_model)
             if done == schedule.end_step and cfg.eval.test_at_end:
                 metrics.update(best.test(cfg, raw_model, prepared, worker.device))
+            metrics["eval_s"] = time.perf_counter() - evaluated
             print_progress(metrics, tasks, schedule.end_step)
             if done in ckpt_at:
                 state = checkpoint.capture(
@@ -376,9 +370,10 @@ def train_chain(
     resume: dict | None = None,
     more: Callable[[], dict[str, TrainConfig]] | None = None,
 ) -> None:
-    """Train the segments of ``chain`` (id -> config) in order on this worker, then those that
-    ``more()`` gives while it gives any. Each report's metrics and checkpoint state name their
-    segment (``"segment"``); segments with the same data config share it, prepared once.
+    """Train the segments of ``chain`` (id -> config, possibly none) in order on this worker,
+    then those that ``more()`` gives while it gives any. Each report's metrics and checkpoint
+    state name their segment (``"segment"``); segments with the same data config share it,
+    prepared once.
 
     ``resume`` is the latest checkpoint state of this run (fault recovery): its segment goes on
     from it, or, if it is that segment's last, the next one starts; those before it are done.
@@ -390,7 +385,7 @@ def train_chain(
         if checkpoint.is_last(chain[todo[0]], resume):
             todo, resume = todo[1:], None
     prepared: dict[str, data_lib.Prepared] = {}
-    while todo:
+    while True:
         for seg in todo:
             cfg = chain[seg]
 
@@ -407,6 +402,8 @@ def train_chain(
                 tagged(e.metrics | {"diverged": 1}, None)
             resume = None
         new = more() if more else {}
+        if not new:
+            return
         chain, todo = chain | new, list(new)
 
 

@@ -37,7 +37,7 @@ from ray.tune.search import Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_mtl import checkpoint, results
-from ray_mtl.config import SpaceConfig, TrainConfig, check, from_dict, load, to_dict
+from ray_mtl.config import RunSettings, SpaceConfig, TrainConfig, check, from_dict, load, to_dict
 from ray_mtl.errors import UserError, cli
 from ray_mtl.plan import Plan, describe, naive, plan, segment_config
 from ray_mtl.ray_train import RowsCallback, ray_trainer
@@ -153,7 +153,9 @@ class TreeSearcher(Searcher):
     """
 
     def __init__(self, name: str, space: SpaceConfig, sweep: str, tree: Tree | None = None):
-        super().__init__(metric="step", mode="max")
+        # No metric: Tune would demand it of a trial that ends without a result (one started
+        # ahead of a fork that others took).
+        super().__init__()
         self.name, self.space, self.sweep = name, to_dict(space), sweep
         self.actor = start_dispatcher(name, tree, space, sweep) if tree else None
 
@@ -162,8 +164,9 @@ class TreeSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | None:
         segments = ray.get(self.actor.suggest.remote(trial_id))
-        if segments:
-            return {"segments": segments, "dispatcher": self.name}
+        if segments is not None:  # none yet: it starts ahead of a fork and waits for it
+            run = {k: self.space[k] for k in ("resources", "max_failures")}
+            return {"segments": segments, "run": run, "dispatcher": self.name}
         return Searcher.FINISHED if ray.get(self.actor.finished.remote()) else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -210,8 +213,9 @@ def checkpoints_on_storage(sweep: str) -> dict[str, str]:
 
 
 def _trial_name(trial) -> str:
-    """A trial's name: the first segment it was given (its Train run's adds the trial id)."""
-    return next(iter(trial.config["segments"]))
+    """A trial's name: the first segment it was given (its Train run's adds the trial id), or
+    ``ahead-<trial id>`` for a trial started ahead of a fork."""
+    return next(iter(trial.config["segments"]), f"ahead-{trial.trial_id}")
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -224,12 +228,13 @@ def run_trial(config: dict[str, Any]) -> None:
     trainer = ray_trainer(
         cfgs,
         # the trial id too: a trial lost in a driver crash never shares a run with a later one
-        name=f"{next(iter(cfgs))}-{trial}",
+        name=f"{next(iter(cfgs), 'ahead')}-{trial}",
         storage_path=storage,
         storage_filesystem=fs,
         # rows first: on storage before Tune records the checkpoint a resume starts after
         callbacks=(RowsCallback(results.segment_rows_uri(sweep)), TuneReportCallback()),
         dispatcher=(config["dispatcher"], trial),
+        run=from_dict(RunSettings, config["run"]),
     )
     result = trainer.fit()
     if result.error:
@@ -238,8 +243,9 @@ def run_trial(config: dict[str, Any]) -> None:
 
 class TreeProgress(Callback):
     """One line of tree progress under Tune's table (segments and steps done of total), and
-    ``timeline.json``: when each segment started and ended (wall clock, s), on which node and in
-    which trial. A segment starts when its trial does or its trial's previous one ends."""
+    ``timeline.json``: when each segment was ready (its fork's result arrived; trunks: at the
+    start), started and ended (wall clock, s), on which node and in which trial. A segment starts
+    when it is ready and its trial is free: started, or done with its previous segment."""
 
     def __init__(self, plan_: Plan, sweep: str) -> None:
         self.plan, self.sweep = plan_, sweep
@@ -247,6 +253,8 @@ class TreeProgress(Callback):
         self.done: set[str] = set()
         self.timeline: dict[str, dict[str, Any]] = {}
         self.free_at: dict[str, float] = {}  # trial id -> when it was last free
+        now = time.time()
+        self.ready = {i: now for i, s in plan_.segments.items() if s.parent is None}
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.free_at[trial.trial_id] = time.time()
@@ -254,10 +262,15 @@ class TreeProgress(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         seg = self.plan.segments[result["segment"]]
         self.steps[seg.id] = int(result["step"]) - seg.start_step
+        if result.get("checkpoint_path"):
+            for child in self.plan.children(seg.id):
+                if child.start_step == int(result["step"]):
+                    self.ready.setdefault(child.id, time.time())
         # timeline.json is written when a segment starts or ends, not at every result
         if seg.id not in self.timeline:
-            start = self.free_at.get(trial.trial_id, time.time())
-            self.timeline[seg.id] = {"trial": str(trial), "start": start}
+            ready = self.ready.get(seg.id, time.time())
+            start = max(self.free_at.get(trial.trial_id, ready), ready)
+            self.timeline[seg.id] = {"trial": str(trial), "ready": ready, "start": start}
             if "node_id" in result:
                 self.timeline[seg.id]["node"] = result["node_id"]
             self._write()

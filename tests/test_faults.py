@@ -43,6 +43,7 @@ from ray_mtl.config import (
     ResourcesConfig,
     TrainConfig,
 )
+from ray_mtl.results import TIMINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = ["segment", "step", "task", "split", "metric"]
@@ -268,11 +269,11 @@ def test_worker_sigkill_recovers_exactly(ray_session, data_cfg, tmp_path):
     got = pq.read_table(rows).to_pandas()
     assert not got.duplicated(KEY).any()
     assert sorted(got["step"].unique()) == list(range(EVERY, end + 1, EVERY))
-    # Every row but throughput equals the uninterrupted run's: dev/test CE, losses, accounting.
+    # Every row but timings equals the uninterrupted run's: dev/test CE, losses, accounting.
     ref = pq.read_table(tmp_path / "reference" / "metrics.parquet").to_pandas()
     on = ["step", "task", "split", "metric"]
     both = got.merge(ref, on=on, how="outer", suffixes=("", "_ref"), indicator=True)
-    both = both[both.metric != "tokens_per_s"]
+    both = both[~both.metric.isin(TIMINGS)]
     assert (both["_merge"] == "both").all(), both[both["_merge"] != "both"]
     differ = both[both.value != both.value_ref]
     assert differ.empty, differ[[*on, "value", "value_ref"]]
@@ -442,7 +443,7 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
         want |= {s for s in seg["fork_steps"] + seg["eval_steps"] if start < s <= end} | {end}
         assert set(rows[rows.segment == seg["id"]].step) == want, seg["id"]
     for seg, df in before.items():
-        df = df[df.metric != "tokens_per_s"]
+        df = df[~df.metric.isin(TIMINGS)]
         merged = df.merge(rows, on=KEY, how="left", suffixes=("", "_after"))
         assert merged.value_after.notna().all(), f"{seg}: rows lost"
         assert (merged.value == merged.value_after).all(), f"{seg}: rows changed"
