@@ -368,30 +368,43 @@ def short_dir():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
+def driver_space(data_cfg: DataConfig, tmp_path: Path, **fields) -> dict:
+    """A small two-task space on the prepared test data, written to ``tmp_path/space.yaml``;
+    its sweep goes to ``tmp_path/runs/<name>``."""
     import yaml
 
-    space = dict(
-        name="drv",
-        tasks={"high": ["eng-fra"], "low": ["eng-ron"]},
-        methods=["two_phase"],
-        grid={"pretrain_steps": [20], "finetune_steps": 80, "low_rates": [0.3, 0.5]},
-        data=dict(
-            data_dir=data_cfg.data_dir,
-            out_dir=data_cfg.out_dir,
-            max_pairs=data_cfg.max_pairs,
-            vocab_size=data_cfg.vocab_size,
-        ),
-        model={"preset": "tiny", "dropout": 0.0},
-        optim={"lr": 0.003, "warmup_steps": 8},
-        eval={"every": 10, "pairs": 64, "bleu_pairs": 0},
-        resources={"num_workers": 1, "cpus_per_worker": 0.5},
-        batch_tokens=1024,
-        checkpoint_every=20,
-        max_concurrent=2,
-        storage=str(tmp_path / "runs"),
+    space = (
+        dict(
+            tasks={"high": ["eng-fra"], "low": ["eng-ron"]},
+            data=dict(
+                data_dir=data_cfg.data_dir,
+                out_dir=data_cfg.out_dir,
+                max_pairs=data_cfg.max_pairs,
+                vocab_size=data_cfg.vocab_size,
+            ),
+            model={"preset": "tiny", "dropout": 0.0},
+            optim={"lr": 0.003, "warmup_steps": 8},
+            eval={"every": 10, "pairs": 64, "bleu_pairs": 0},
+            resources={"num_workers": 1, "cpus_per_worker": 0.5},
+            batch_tokens=1024,
+            max_concurrent=2,
+            storage=str(tmp_path / "runs"),
+        )
+        | fields
     )
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    return space
+
+
+def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
+    space = driver_space(
+        data_cfg,
+        tmp_path,
+        name="drv",
+        methods=["two_phase"],
+        grid={"pretrain_steps": [20], "finetune_steps": 80, "low_rates": [0.3, 0.5]},
+        checkpoint_every=20,
+    )
     sweep = tmp_path / "runs" / "drv"
     ray_tmpdir = short_dir()
 
@@ -458,28 +471,13 @@ def test_ctrl_c_then_resume(data_cfg, tmp_path, short_dir, capsys):
     recorded that checkpoint yet, and no row may be lost. A moved copy is refused on resume,
     naming where it was written; the sweep resumes where it was written with --max-concurrent 1,
     and every trial finishes, each row once."""
-    import yaml
-
-    space = dict(
+    driver_space(
+        data_cfg,
+        tmp_path,
         name="intr",
-        tasks={"high": ["eng-fra"], "low": ["eng-ron"]},
         methods=["two_phase", "scalarization"],
         grid={"pretrain_steps": [20], "finetune_steps": 40, "low_rates": [0.5]},
-        data=dict(
-            data_dir=data_cfg.data_dir,
-            out_dir=data_cfg.out_dir,
-            max_pairs=data_cfg.max_pairs,
-            vocab_size=data_cfg.vocab_size,
-        ),
-        model={"preset": "tiny", "dropout": 0.0},
-        optim={"lr": 0.003, "warmup_steps": 8},
-        eval={"every": 10, "pairs": 64, "bleu_pairs": 0},
-        resources={"num_workers": 1, "cpus_per_worker": 0.5},
-        batch_tokens=1024,
-        max_concurrent=2,
-        storage=str(tmp_path / "runs"),
     )
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     sweep = tmp_path / "runs" / "intr"
     ray_tmpdir = short_dir()
     driver = tune_cli(["--space", str(tmp_path / "space.yaml")], ray_tmpdir, tmp_path / "1.log")
