@@ -404,6 +404,7 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
         methods=["two_phase"],
         grid={"pretrain_steps": [20], "finetune_steps": 80, "low_rates": [0.3, 0.5]},
         checkpoint_every=20,
+        keep_checkpoints="all",  # the checks below read which checkpoints were written
     )
     sweep = tmp_path / "runs" / "drv"
     ray_tmpdir = short_dir()
