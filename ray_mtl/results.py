@@ -39,6 +39,14 @@ from ray_mtl.storage import (
 
 SCHEMA = 1
 METRIC_COLUMNS = ("segment", "step", "task", "split", "metric", "value")
+# Row files are cast to this on read too: one written by pandas has large_string columns, and
+# pyarrow will not concatenate tables whose types differ.
+METRIC_SCHEMA = pa.schema(
+    [
+        (c, pa.int64() if c == "step" else pa.float64() if c == "value" else pa.string())
+        for c in METRIC_COLUMNS
+    ]
+)
 CONFIG_COLUMNS = ("trial", "method", "L", "F", "w", "temperature", "max_epochs", "seed")
 CONFIG_COLUMNS += ("final_step", "status")
 TRIAL_COLUMNS = (*CONFIG_COLUMNS, "lineage")
@@ -87,7 +95,7 @@ def metric_rows(segment: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_rows(uri: str, rows: list[dict[str, Any]]) -> None:
-    write_parquet(uri, pa.Table.from_pylist(rows))
+    write_parquet(uri, pa.Table.from_pylist(rows, schema=METRIC_SCHEMA))
 
 
 def segment_rows_uri(sweep: str, segment: str = "{segment}") -> str:
@@ -209,7 +217,7 @@ def read_meta(sweep: str) -> dict:
 
 def _segment_metrics(sweep: str, plan: dict) -> pd.DataFrame:
     tables = [
-        read_parquet(uri)
+        read_parquet(uri).select(list(METRIC_COLUMNS)).cast(METRIC_SCHEMA)
         for uri in (segment_rows_uri(sweep, s["id"]) for s in plan["segments"])
         if is_file(uri)
     ]
