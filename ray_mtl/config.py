@@ -526,6 +526,24 @@ class TaskGroups:
         return self.high + self.low
 
 
+def id_number(x: float) -> str:
+    """A grid value as segment and trial ids spell it (``0.3`` -> ``w0.3``): six significant
+    digits, so values that agree to six digits would share ids (GridConfig refuses them)."""
+    return f"{x:g}"
+
+
+def check_distinct_ids(values: list[float], field: str) -> None:
+    """Each value of ``field`` names its own trials: no two may spell the same id."""
+    seen: dict[str, int] = {}
+    for i, x in enumerate(values):
+        j = seen.setdefault(id_number(x), i)
+        if j != i:
+            raise UserError(
+                f"{field}[{i}]: expected values distinct in trial ids (to 6 significant digits), "
+                f"got {x!r}, which spells {id_number(x)!r} as {field}[{j}]={values[j]!r} does"
+            )
+
+
 @dataclasses.dataclass
 class GridConfig:
     """The grid of a sweep; every method is run at a matched total of L + F steps."""
@@ -552,12 +570,12 @@ class GridConfig:
         check(self.finetune_steps > 0, "finetune_steps", "a positive integer", self.finetune_steps)
         for i, w in enumerate(self.low_rates):
             check(0 < w < 1, f"low_rates[{i}]", "a rate in (0, 1)", w)
-        rates = self.low_rates
-        check(len(set(rates)) == len(rates), "low_rates", "distinct rates", rates)
         for i, t in enumerate(self.temperatures):
             check(t > 0, f"temperatures[{i}]", "a positive number", t)
         for i, e in enumerate(self.unimax_epochs):
             check(e > 0, f"unimax_epochs[{i}]", "a positive number", e)
+        for name in ("low_rates", "temperatures", "unimax_epochs"):
+            check_distinct_ids(getattr(self, name), name)
         check(len(self.seeds) > 0, "seeds", "at least one seed", self.seeds)
         check(len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds", self.seeds)
 

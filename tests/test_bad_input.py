@@ -345,6 +345,31 @@ def case_tune_unknown_task(ctx):
     return "tune", ["--space", path], ["unknown task 'eng-xyz'"]
 
 
+def case_tune_low_rates_with_one_id(ctx):
+    # Both would be trials "...-w0.3-s0": their results would merge.
+    path = ctx.space_yaml(lambda s: set_in(s, "grid.low_rates", [0.3, 0.3000001]))
+    expected = ["grid.low_rates[1]: expected values distinct in trial ids", "0.3000001", "'0.3'"]
+    return "tune", ["--space", path], expected
+
+
+def case_tune_duplicate_temperatures(ctx):
+    def edit(s):
+        s["methods"] = ["temperature"]
+        s["grid"] |= {"low_rates": [], "temperatures": [2, 5, 2.0]}
+
+    path = ctx.space_yaml(edit)
+    return "tune", ["--space", path], ["grid.temperatures[2]: expected values distinct", "[0]=2.0"]
+
+
+def case_tune_duplicate_unimax_epochs(ctx):
+    def edit(s):
+        s["methods"] = ["unimax"]
+        s["grid"] |= {"low_rates": [], "unimax_epochs": [1.0, 1.0]}
+
+    path = ctx.space_yaml(edit)
+    return "tune", ["--space", path], ["grid.unimax_epochs[1]: expected values distinct"]
+
+
 def case_tune_resume_not_a_sweep(ctx):
     (ctx.tmp / "empty").mkdir()
     argv = ["--resume", str(ctx.tmp / "empty")]
