@@ -31,9 +31,12 @@ from ray_mtl.config import (
     MixtureConfig,
     ModelConfig,
     PhaseConfig,
+    SpaceConfig,
     TrainConfig,
+    from_dict,
     to_dict,
 )
+from ray_mtl.errors import UserError
 from ray_mtl.model import Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +194,12 @@ def case_prepare_invalid_utf8_strict(ctx):
     return "prepare", argv, ["bad.tsv:4: invalid UTF-8"]
 
 
+def case_prepare_deeply_nested_yaml(ctx):
+    cfg = ctx.write("data.yaml", "tasks: " + "[" * 5000 + "]" * 5000 + "\n")
+    argv = prepare_argv(ctx, "--config", cfg, "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["data.yaml: invalid YAML (nested too deeply"]
+
+
 def case_prepare_unwritable_out_dir(ctx):
     ctx.write("a-file", "not a dir")
     argv = prepare_argv(ctx, "--tasks", "eng-ron", "--out-dir", str(ctx.tmp / "a-file" / "out"))
@@ -215,6 +224,11 @@ def case_train_malformed_yaml(ctx):
 def case_train_hostile_yaml(ctx):
     path = ctx.write("run.yaml", hostile(ctx))
     return "train", ["--config", path], ["run.yaml:1: invalid YAML", "python/object/apply"]
+
+
+def case_train_integer_of_5000_digits(ctx):
+    path = ctx.write("run.yaml", "phases:\n  - steps: 1" + "0" * 5000 + "\n")
+    return "train", ["--config", path], ["run.yaml: invalid YAML", "4300 digits"]
 
 
 def case_train_missing_config(ctx):
@@ -370,6 +384,27 @@ def case_tune_duplicate_unimax_epochs(ctx):
     return "tune", ["--space", path], ["grid.unimax_epochs[1]: expected values distinct"]
 
 
+def alias_bomb(levels: int = 8) -> str:
+    """``name:`` a list of lists nine wide and ``levels`` deep, in under 1 KB: 9**levels strings
+    once the aliases are expanded (43 million at 8)."""
+    rows = ["  - &a0 [" + ", ".join(['"lol"'] * 9) + "]"]
+    rows += [f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "name:\n" + "\n".join(rows) + "\n"
+
+
+def case_tune_alias_bomb(ctx):
+    space = yaml.safe_load(Path(ctx.space_yaml()).read_text())
+    del space["name"]
+    path = ctx.write("space.yaml", alias_bomb() + yaml.safe_dump(space))
+    assert Path(path).stat().st_size < 1500
+    return "tune", ["--space", path], ["space.yaml: name: too large", "YAML aliases"]
+
+
+def case_tune_name_of_a_million_characters(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "name", "a" * 1_000_000))
+    return "tune", ["--space", path], ["name: expected a string of at most 4,096 characters"]
+
+
 def case_tune_resume_not_a_sweep(ctx):
     (ctx.tmp / "empty").mkdir()
     argv = ["--resume", str(ctx.tmp / "empty")]
@@ -453,7 +488,14 @@ def case_report_full_out_dir(ctx):
 
 CASES = [v for k, v in globals().items() if k.startswith("case_")]
 # These also run as real processes: exit status, stderr and no code run from YAML.
-SUBPROCESS = {"case_tune_hostile_yaml", "case_train_corrupt_checkpoint", "case_report_full_out_dir"}
+SUBPROCESS = {
+    "case_tune_hostile_yaml",
+    "case_tune_alias_bomb",
+    "case_train_corrupt_checkpoint",
+    "case_report_full_out_dir",
+}
+# One short line: a value is shown cut (an alias bomb's full repr is gigabytes).
+MAX_ERROR = 600
 
 
 def files_under(path: Path) -> set[Path]:
@@ -499,6 +541,7 @@ def test_bad_input_is_refused(case, data_cfg, shared_data, tmp_path, capsys, mon
     assert line.startswith("error: ") and err.endswith("\n"), err
     assert all(p.startswith("prepare: ") for p in progress), err
     assert "Traceback" not in err
+    assert len(line) <= MAX_ERROR, f"{len(line):,} characters: {line[:MAX_ERROR]}..."
     err = line
     for text in expected:
         assert text in err, f"{text!r} not in {err!r}"
@@ -507,3 +550,15 @@ def test_bad_input_is_refused(case, data_cfg, shared_data, tmp_path, capsys, mon
         assert_whole(path)
     for prepared in tmp_path.glob("**/prepared/*"):
         assert (prepared / "manifest.json").is_file(), f"partial prepared dir: {prepared}"
+
+
+def test_a_value_in_an_error_is_shown_cut():
+    """Not only from YAML: a value of shared lists (as Ray or a caller may pass) is shown cut,
+    without building its full repr (here 9**8 strings)."""
+    bomb: list = ["lol"] * 9
+    for _ in range(7):
+        bomb = [bomb] * 9
+    with pytest.raises(UserError) as e:
+        from_dict(SpaceConfig, {"name": bomb, "tasks": {}, "grid": {}}, "space.yaml")
+    assert str(e.value).startswith("space.yaml: name: expected a string, got [[[")
+    assert len(str(e.value)) <= MAX_ERROR
