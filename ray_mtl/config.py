@@ -253,13 +253,18 @@ class TaskSpec:
     tgt_lang: str
     """Target language code; the model sees ``<2{tgt_lang}>`` on the source."""
     train: list[str]
-    """Training files: TSV (plain or .gz, ``source<TAB>target``) or Parquet."""
+    """Training files: TSV (``source<TAB>target``, plain or .gz; UTF-8, or UTF-16 with its
+    byte-order mark) or Parquet (told by its content, whatever the file's name)."""
     test: list[str] = dataclasses.field(default_factory=list)
     """Test files, same formats; empty means a test set is carved from train like dev."""
     src_column: str = "src"
     """Parquet only: the source-text column."""
     tgt_column: str = "tgt"
     """Parquet only: the target-text column."""
+    extra_columns: Literal["error", "drop"] = "error"
+    """TSV only: a line of more than two columns is invalid (``error``; a file of mostly such
+    lines is refused), or keeps its first two (``drop``: for the raw manythings.org export, whose
+    third column is the attribution)."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,53 @@ def case_prepare_invalid_utf8_strict(ctx):
     cfg = custom_task(ctx, bad)
     argv = prepare_argv(ctx, "--config", cfg, "--strict", "--out-dir", str(ctx.tmp / "out"))
     return "prepare", argv, ["bad.tsv:4: invalid UTF-8"]
+
+
+def case_prepare_utf16_without_bom(ctx):
+    lines = real_lines(ctx, 200).decode().encode("utf-16-le")  # no byte-order mark
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, ctx.write("u16.tsv", lines)))
+    return "prepare", [*argv, "--out-dir", str(ctx.tmp / "out")], ["u16.tsv: NUL bytes", "UTF-16"]
+
+
+def case_prepare_utf16_cut_mid_character(ctx):
+    lines = real_lines(ctx, 200).decode().encode("utf-16")[:-1]
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, ctx.write("u16.tsv", lines)))
+    argv = [*argv, "--out-dir", str(ctx.tmp / "out")]
+    return "prepare", argv, ["u16.tsv: invalid UTF-16", "truncated data"]
+
+
+def case_prepare_three_columns(ctx):
+    # The raw manythings.org export keeps its attribution column.
+    lines = real_lines(ctx, 200).replace(b"\n", b"\tCC-BY 2.0 (France) Attribution\n")
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, ctx.write("ron.txt", lines)))
+    expected = ["ron.txt:1: expected 2 tab-separated columns, found 3", "extra_columns: drop"]
+    return "prepare", [*argv, "--out-dir", str(ctx.tmp / "out")], expected
+
+
+def case_prepare_latin1(ctx):
+    with gzip.open(ctx.shared / "tatoeba/train/eng-fra.tsv.gz", "rt") as f:
+        latin1 = (line for line in f if not line.isascii() and max(map(ord, line)) < 256)
+        lines = "".join(next(latin1) for _ in range(200)).encode("latin-1")
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, ctx.write("fra.tsv", lines)))
+    expected = ["fra.tsv:1: invalid UTF-8", "so are 200 of its 200 lines"]
+    return "prepare", [*argv, "--out-dir", str(ctx.tmp / "out")], expected
+
+
+def case_prepare_excel_workbook(ctx):
+    book = ctx.tmp / "pairs.xlsx"
+    with zipfile.ZipFile(book, "w") as z:
+        z.writestr("xl/worksheets/sheet1.xml", real_lines(ctx, 50))
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, str(book)))
+    return "prepare", [*argv, "--out-dir", str(ctx.tmp / "out")], ["pairs.xlsx: a ZIP archive"]
+
+
+def case_prepare_extra_columns_unknown_value(ctx):
+    task = dict(
+        name="eng-my", src_lang="eng", tgt_lang="ron", train=["x.tsv"], extra_columns="keep"
+    )
+    cfg = ctx.write("data.yaml", json.dumps({"tasks": ["eng-my"], "custom_tasks": [task]}))
+    argv = prepare_argv(ctx, "--config", cfg, "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["custom_tasks[0].extra_columns: expected 'error' or 'drop'", "'keep'"]
 
 
 def case_prepare_deeply_nested_yaml(ctx):

@@ -30,6 +30,7 @@ class Task:
     train: tuple[Path, ...]
     test: tuple[Path, ...]
     columns: tuple[str, str] = ("src", "tgt")
+    extra_columns: str = "error"
 
     @property
     def tag(self) -> str:
@@ -96,4 +97,5 @@ def _custom(spec: TaskSpec) -> Task:
         paths(spec.train),
         paths(spec.test),
         (spec.src_column, spec.tgt_column),
+        spec.extra_columns,
     )
