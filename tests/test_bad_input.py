@@ -432,9 +432,10 @@ def case_tune_duplicate_unimax_epochs(ctx):
     return "tune", ["--space", path], ["grid.unimax_epochs[1]: expected values distinct"]
 
 
-def alias_bomb(levels: int = 8) -> str:
-    """``name:`` a list of lists nine wide and ``levels`` deep, in under 1 KB: 9**levels strings
-    once the aliases are expanded (43 million at 8)."""
+def alias_bomb(levels: int = 6) -> str:
+    """``name:`` lists nine wide, ``levels`` deep, in 400 bytes: 9 ** (levels + 1) strings once
+    the aliases are expanded (4.8 million at 6, whose repr was a 39 MB error line; each level
+    more is nine times that, and the error is the same short line)."""
     rows = ["  - &a0 [" + ", ".join(['"lol"'] * 9) + "]"]
     rows += [f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
     return "name:\n" + "\n".join(rows) + "\n"
