@@ -12,6 +12,7 @@ int, got 'big'``) instead of surfacing later as a crash.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -31,7 +32,49 @@ T = TypeVar("T")
 def check(cond: bool, field: str, expected: str, got: Any) -> None:
     """Raise a UserError naming ``field``, what was expected and what was found."""
     if not cond:
-        raise UserError(f"{field}: expected {expected}, got {got!r}")
+        raise UserError(f"{field}: expected {expected}, got {short_repr(got)}")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+_REPR.maxstring = _REPR.maxother = 80
+MAX_REPR = 200
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` for error messages: at most MAX_REPR characters, and built without walking all of
+    ``value`` (an alias bomb in YAML is a small file whose full repr is gigabytes)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
+
+
+MAX_STRING = 4096
+"""Longest string a config field takes (a path is at most 4096 bytes on Linux)."""
+MAX_YAML_VALUES = 100_000
+"""Most values (scalars, lists, mappings) a config file may hold once its aliases are expanded;
+real configs hold hundreds."""
+
+
+def _check_expanded_size(data: Any, source: str) -> None:
+    """Refuse a YAML document that expands (through aliases) to more than MAX_YAML_VALUES values,
+    naming the field where the count ran out. Every consumer then walks bounded data."""
+    budget = MAX_YAML_VALUES
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, field = stack.pop()
+        budget -= 1
+        if budget < 0:
+            where = field.split("[")[0][:MAX_REPR] or "top level"  # the field, not the index
+            raise UserError(
+                f"{source}: {where}: too large (more than {MAX_YAML_VALUES:,} values once YAML "
+                "aliases are expanded; expected a config)"
+            )
+        if isinstance(value, dict):
+            dot = f"{field}." if field else ""
+            stack += [(v, f"{dot}{k}") for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{field}[{i}]") for i, v in enumerate(value)]
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -46,12 +89,18 @@ def load_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{path}{where}: invalid YAML ({problem})") from None
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise UserError(f"{path}: invalid YAML ({str(e).split(':')[0]})") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML (nested too deeply; expected a config)") from None
+    _check_expanded_size(data, str(path))
+    return data
 
 
 def _type_name(tp: Any) -> str:
@@ -89,7 +138,7 @@ def _convert(tp: Any, value: Any, field: str) -> Any:
                 errors.append(e)
         if len(errors) == 1:
             raise errors[0]
-        raise UserError(f"{field}: expected {_type_name(tp)}, got {value!r}")
+        raise UserError(f"{field}: expected {_type_name(tp)}, got {short_repr(value)}")
     if origin is Literal:
         check(value in typing.get_args(tp), field, _type_name(tp), value)
         return value
@@ -122,6 +171,11 @@ def _convert(tp: Any, value: Any, field: str) -> Any:
         return float(value)
     if tp is str:
         check(isinstance(value, str), field, "a string", value)
+        if len(value) > MAX_STRING:
+            raise UserError(
+                f"{field}: expected a string of at most {MAX_STRING:,} characters, got "
+                f"{short_repr(value)} ({len(value):,} characters)"
+            )
         return value
     raise TypeError(f"unsupported config type {tp!r} for {field}")
 
@@ -141,7 +195,8 @@ def _build(cls: type[T], data: Any, path: str) -> T:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UserError(f"{path or 'top level'}: expected a mapping ({cls.__name__}), got {data!r}")
+        got = short_repr(data)
+        raise UserError(f"{path or 'top level'}: expected a mapping ({cls.__name__}), got {got}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     dot = f"{path}." if path else ""
@@ -198,13 +253,18 @@ class TaskSpec:
     tgt_lang: str
     """Target language code; the model sees ``<2{tgt_lang}>`` on the source."""
     train: list[str]
-    """Training files: TSV (plain or .gz, ``source<TAB>target``) or Parquet."""
+    """Training files: TSV (``source<TAB>target``, plain or .gz; UTF-8, or UTF-16 with its
+    byte-order mark) or Parquet (told by its content, whatever the file's name)."""
     test: list[str] = dataclasses.field(default_factory=list)
     """Test files, same formats; empty means a test set is carved from train like dev."""
     src_column: str = "src"
     """Parquet only: the source-text column."""
     tgt_column: str = "tgt"
     """Parquet only: the target-text column."""
+    extra_columns: Literal["error", "drop"] = "error"
+    """TSV only: a line of more than two columns is invalid (``error``; a file of mostly such
+    lines is refused), or keeps its first two (``drop``: for the raw manythings.org export, whose
+    third column is the attribution)."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
@@ -547,6 +607,24 @@ class TaskGroups:
         return self.high + self.low
 
 
+def id_number(x: float) -> str:
+    """A grid value as segment and trial ids spell it (``0.3`` -> ``w0.3``): six significant
+    digits, so values that agree to six digits would share ids (GridConfig refuses them)."""
+    return f"{x:g}"
+
+
+def check_distinct_ids(values: list[float], field: str) -> None:
+    """Each value of ``field`` names its own trials: no two may spell the same id."""
+    seen: dict[str, int] = {}
+    for i, x in enumerate(values):
+        j = seen.setdefault(id_number(x), i)
+        if j != i:
+            raise UserError(
+                f"{field}[{i}]: expected values distinct in trial ids (to 6 significant digits), "
+                f"got {x!r}, which spells {id_number(x)!r} as {field}[{j}]={values[j]!r} does"
+            )
+
+
 @dataclasses.dataclass
 class GridConfig:
     """The grid of a sweep; every method is run at a matched total of L + F steps."""
@@ -573,12 +651,12 @@ class GridConfig:
         check(self.finetune_steps > 0, "finetune_steps", "a positive integer", self.finetune_steps)
         for i, w in enumerate(self.low_rates):
             check(0 < w < 1, f"low_rates[{i}]", "a rate in (0, 1)", w)
-        rates = self.low_rates
-        check(len(set(rates)) == len(rates), "low_rates", "distinct rates", rates)
         for i, t in enumerate(self.temperatures):
             check(t > 0, f"temperatures[{i}]", "a positive number", t)
         for i, e in enumerate(self.unimax_epochs):
             check(e > 0, f"unimax_epochs[{i}]", "a positive number", e)
+        for name in ("low_rates", "temperatures", "unimax_epochs"):
+            check_distinct_ids(getattr(self, name), name)
         check(len(self.seeds) > 0, "seeds", "at least one seed", self.seeds)
         check(len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds", self.seeds)
 

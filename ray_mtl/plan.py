@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ray_mtl.config import MixtureConfig, PhaseConfig, SpaceConfig, TrainConfig
+from ray_mtl.config import MixtureConfig, PhaseConfig, SpaceConfig, TrainConfig, id_number
 from ray_mtl.storage import join
 
 
@@ -152,10 +152,6 @@ def group_rates(high: list[str], low: list[str], w: float) -> dict[str, float]:
     return rates
 
 
-def _fmt(x: float) -> str:
-    return f"{x:g}"
-
-
 def plan(space: SpaceConfig) -> Plan:
     """Build the segment tree of ``space``."""
     g, tasks = space.grid, space.tasks
@@ -171,7 +167,7 @@ def plan(space: SpaceConfig) -> Plan:
         """A branch from ``trunk`` at L (reset, then F steps at rate w) and its trial."""
         mix = MixtureConfig(rule="explicit", rates=group_rates(tasks.high, tasks.low, w))
         b = Segment(
-            id=f"{prefix}-L{L}-w{_fmt(w)}-s{seed}",
+            id=f"{prefix}-L{L}-w{id_number(w)}-s{seed}",
             phases=[PhaseConfig(steps=F, mixture=mix, reset=True, name="finetune")],
             seed=seed,
             parent=trunk.id,
@@ -197,7 +193,7 @@ def plan(space: SpaceConfig) -> Plan:
             for w in g.low_rates:
                 rule = dict(rule="explicit", rates=group_rates(tasks.high, tasks.low, w))
                 trunk = Segment(
-                    id=f"st-w{_fmt(w)}-s{seed}",
+                    id=f"st-w{id_number(w)}-s{seed}",
                     phases=static(rule),
                     seed=seed,
                     fork_steps=list(Ls) if "restart" in space.methods else [],
@@ -207,7 +203,7 @@ def plan(space: SpaceConfig) -> Plan:
                 for L in Ls:
                     if "scalarization" in space.methods:
                         lineage = [Piece(trunk.id, 0, L + F)]
-                        tid = f"sc-L{L}-w{_fmt(w)}-s{seed}"
+                        tid = f"sc-L{L}-w{id_number(w)}-s{seed}"
                         trials.append(Trial(tid, "scalarization", L, F, seed, lineage, w=w))
                     if "restart" in space.methods:
                         branch("restart", "rs", trunk, L, w, seed)
@@ -215,13 +211,18 @@ def plan(space: SpaceConfig) -> Plan:
         derived = []
         if "temperature" in space.methods:
             derived += [
-                ("temperature", f"tt-T{_fmt(T)}", dict(rule="temperature", temperature=T), T)
+                ("temperature", f"tt-T{id_number(T)}", dict(rule="temperature", temperature=T), T)
                 for T in g.temperatures
             ]
         if "unimax" in space.methods:
             budget = (top + F) * space.batch_tokens // space.tokens_per_example
             derived += [
-                ("unimax", f"um-e{_fmt(e)}", dict(rule="unimax", budget=budget, max_epochs=e), e)
+                (
+                    "unimax",
+                    f"um-e{id_number(e)}",
+                    dict(rule="unimax", budget=budget, max_epochs=e),
+                    e,
+                )
                 for e in g.unimax_epochs
             ]
         for method, prefix, rule, value in derived:

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,12 @@ from ray_mtl.config import (
     MixtureConfig,
     ModelConfig,
     PhaseConfig,
+    SpaceConfig,
     TrainConfig,
+    from_dict,
     to_dict,
 )
+from ray_mtl.errors import UserError
 from ray_mtl.model import Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +195,59 @@ def case_prepare_invalid_utf8_strict(ctx):
     return "prepare", argv, ["bad.tsv:4: invalid UTF-8"]
 
 
+def case_prepare_utf16_without_bom(ctx):
+    lines = real_lines(ctx, 200).decode().encode("utf-16-le")  # no byte-order mark
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, ctx.write("u16.tsv", lines)))
+    return "prepare", [*argv, "--out-dir", str(ctx.tmp / "out")], ["u16.tsv: NUL bytes", "UTF-16"]
+
+
+def case_prepare_utf16_cut_mid_character(ctx):
+    lines = real_lines(ctx, 200).decode().encode("utf-16")[:-1]
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, ctx.write("u16.tsv", lines)))
+    argv = [*argv, "--out-dir", str(ctx.tmp / "out")]
+    return "prepare", argv, ["u16.tsv: invalid UTF-16", "truncated data"]
+
+
+def case_prepare_three_columns(ctx):
+    # The raw manythings.org export keeps its attribution column.
+    lines = real_lines(ctx, 200).replace(b"\n", b"\tCC-BY 2.0 (France) Attribution\n")
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, ctx.write("ron.txt", lines)))
+    expected = ["ron.txt:1: expected 2 tab-separated columns, found 3", "extra_columns: drop"]
+    return "prepare", [*argv, "--out-dir", str(ctx.tmp / "out")], expected
+
+
+def case_prepare_latin1(ctx):
+    with gzip.open(ctx.shared / "tatoeba/train/eng-fra.tsv.gz", "rt") as f:
+        latin1 = (line for line in f if not line.isascii() and max(map(ord, line)) < 256)
+        lines = "".join(next(latin1) for _ in range(200)).encode("latin-1")
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, ctx.write("fra.tsv", lines)))
+    expected = ["fra.tsv:1: invalid UTF-8", "so are 200 of its 200 lines"]
+    return "prepare", [*argv, "--out-dir", str(ctx.tmp / "out")], expected
+
+
+def case_prepare_excel_workbook(ctx):
+    book = ctx.tmp / "pairs.xlsx"
+    with zipfile.ZipFile(book, "w") as z:
+        z.writestr("xl/worksheets/sheet1.xml", real_lines(ctx, 50))
+    argv = prepare_argv(ctx, "--config", custom_task(ctx, str(book)))
+    return "prepare", [*argv, "--out-dir", str(ctx.tmp / "out")], ["pairs.xlsx: a ZIP archive"]
+
+
+def case_prepare_extra_columns_unknown_value(ctx):
+    task = dict(
+        name="eng-my", src_lang="eng", tgt_lang="ron", train=["x.tsv"], extra_columns="keep"
+    )
+    cfg = ctx.write("data.yaml", json.dumps({"tasks": ["eng-my"], "custom_tasks": [task]}))
+    argv = prepare_argv(ctx, "--config", cfg, "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["custom_tasks[0].extra_columns: expected 'error' or 'drop'", "'keep'"]
+
+
+def case_prepare_deeply_nested_yaml(ctx):
+    cfg = ctx.write("data.yaml", "tasks: " + "[" * 5000 + "]" * 5000 + "\n")
+    argv = prepare_argv(ctx, "--config", cfg, "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["data.yaml: invalid YAML (nested too deeply"]
+
+
 def case_prepare_unwritable_out_dir(ctx):
     ctx.write("a-file", "not a dir")
     argv = prepare_argv(ctx, "--tasks", "eng-ron", "--out-dir", str(ctx.tmp / "a-file" / "out"))
@@ -215,6 +272,11 @@ def case_train_malformed_yaml(ctx):
 def case_train_hostile_yaml(ctx):
     path = ctx.write("run.yaml", hostile(ctx))
     return "train", ["--config", path], ["run.yaml:1: invalid YAML", "python/object/apply"]
+
+
+def case_train_integer_of_5000_digits(ctx):
+    path = ctx.write("run.yaml", "phases:\n  - steps: 1" + "0" * 5000 + "\n")
+    return "train", ["--config", path], ["run.yaml: invalid YAML", "4300 digits"]
 
 
 def case_train_missing_config(ctx):
@@ -351,6 +413,53 @@ def case_tune_unknown_task(ctx):
     return "tune", ["--space", path], ["unknown task 'eng-xyz'"]
 
 
+def case_tune_low_rates_with_one_id(ctx):
+    # Both would be trials "...-w0.3-s0": their results would merge.
+    path = ctx.space_yaml(lambda s: set_in(s, "grid.low_rates", [0.3, 0.3000001]))
+    expected = ["grid.low_rates[1]: expected values distinct in trial ids", "0.3000001", "'0.3'"]
+    return "tune", ["--space", path], expected
+
+
+def case_tune_duplicate_temperatures(ctx):
+    def edit(s):
+        s["methods"] = ["temperature"]
+        s["grid"] |= {"low_rates": [], "temperatures": [2, 5, 2.0]}
+
+    path = ctx.space_yaml(edit)
+    return "tune", ["--space", path], ["grid.temperatures[2]: expected values distinct", "[0]=2.0"]
+
+
+def case_tune_duplicate_unimax_epochs(ctx):
+    def edit(s):
+        s["methods"] = ["unimax"]
+        s["grid"] |= {"low_rates": [], "unimax_epochs": [1.0, 1.0]}
+
+    path = ctx.space_yaml(edit)
+    return "tune", ["--space", path], ["grid.unimax_epochs[1]: expected values distinct"]
+
+
+def alias_bomb(levels: int = 6) -> str:
+    """``name:`` lists nine wide, ``levels`` deep, in 400 bytes: 9 ** (levels + 1) strings once
+    the aliases are expanded (4.8 million at 6, whose repr was a 39 MB error line; each level
+    more is nine times that, and the error is the same short line)."""
+    rows = ["  - &a0 [" + ", ".join(['"lol"'] * 9) + "]"]
+    rows += [f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "name:\n" + "\n".join(rows) + "\n"
+
+
+def case_tune_alias_bomb(ctx):
+    space = yaml.safe_load(Path(ctx.space_yaml()).read_text())
+    del space["name"]
+    path = ctx.write("space.yaml", alias_bomb() + yaml.safe_dump(space))
+    assert Path(path).stat().st_size < 1500
+    return "tune", ["--space", path], ["space.yaml: name: too large", "YAML aliases"]
+
+
+def case_tune_name_of_a_million_characters(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "name", "a" * 1_000_000))
+    return "tune", ["--space", path], ["name: expected a string of at most 4,096 characters"]
+
+
 def case_tune_resume_not_a_sweep(ctx):
     (ctx.tmp / "empty").mkdir()
     argv = ["--resume", str(ctx.tmp / "empty")]
@@ -453,7 +562,14 @@ def case_tune_unreachable_storage(ctx):
 
 CASES = [v for k, v in globals().items() if k.startswith("case_")]
 # These also run as real processes: exit status, stderr and no code run from YAML.
-SUBPROCESS = {"case_tune_hostile_yaml", "case_train_corrupt_checkpoint", "case_report_full_out_dir"}
+SUBPROCESS = {
+    "case_tune_hostile_yaml",
+    "case_tune_alias_bomb",
+    "case_train_corrupt_checkpoint",
+    "case_report_full_out_dir",
+}
+# One short line: a value is shown cut (an alias bomb's full repr is gigabytes).
+MAX_ERROR = 600
 
 
 def files_under(path: Path) -> set[Path]:
@@ -499,6 +615,7 @@ def test_bad_input_is_refused(case, data_cfg, shared_data, tmp_path, capsys, mon
     assert line.startswith("error: ") and err.endswith("\n"), err
     assert all(p.startswith("prepare: ") for p in progress), err
     assert "Traceback" not in err
+    assert len(line) <= MAX_ERROR, f"{len(line):,} characters: {line[:MAX_ERROR]}..."
     err = line
     for text in expected:
         assert text in err, f"{text!r} not in {err!r}"
@@ -507,3 +624,15 @@ def test_bad_input_is_refused(case, data_cfg, shared_data, tmp_path, capsys, mon
         assert_whole(path)
     for prepared in tmp_path.glob("**/prepared/*"):
         assert (prepared / "manifest.json").is_file(), f"partial prepared dir: {prepared}"
+
+
+def test_a_value_in_an_error_is_shown_cut():
+    """Not only from YAML: a value of shared lists (as Ray or a caller may pass) is shown cut,
+    without building its full repr (here 9**8 strings)."""
+    bomb: list = ["lol"] * 9
+    for _ in range(7):
+        bomb = [bomb] * 9
+    with pytest.raises(UserError) as e:
+        from_dict(SpaceConfig, {"name": bomb, "tasks": {}, "grid": {}}, "space.yaml")
+    assert str(e.value).startswith("space.yaml: name: expected a string, got [[[")
+    assert len(str(e.value)) <= MAX_ERROR

@@ -325,3 +325,72 @@ def test_data_dir_resolution_order(lone_clone, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_MTL_DATA", str(tmp_path / "missing"))
     with pytest.raises(UserError, match=r"missing: data dir not found \(from \$RAY_MTL_DATA\)"):
         data_dir(DataConfig())
+
+
+# Files as users' tools write them, each holding the same real pairs as a plain UTF-8 TSV.
+ATTRIBUTION = "\tCC-BY 2.0 (France) Attribution: tatoeba.org #1276 (CK) & #5566 (Ron)"
+USER_FILES = {
+    # Excel's "Unicode Text": UTF-16 LE with a byte-order mark and CRLF line ends.
+    "excel.txt": lambda text: text.replace("\n", "\r\n").encode("utf-16"),
+    "utf16be.tsv": lambda text: b"\xfe\xff" + text.encode("utf-16-be"),
+    "utf16.tsv.gz": lambda text: gzip.compress(text.encode("utf-16")),
+    "utf32.tsv": lambda text: text.encode("utf-32"),
+    # Notepad's "UTF-8 with BOM".
+    "bom.tsv": lambda text: text.encode("utf-8-sig"),
+    # The raw manythings.org export: english, target, attribution.
+    "manythings.txt": lambda text: text.replace("\n", ATTRIBUTION + "\n").encode(),
+}
+
+
+def real_text(shared_data: Path, n: int) -> str:
+    with gzip.open(shared_data / "tatoeba/train/eng-ron.tsv.gz", "rt", encoding="utf-8") as f:
+        return "".join(f.readline() for _ in range(n))
+
+
+@pytest.mark.parametrize("name", [*USER_FILES, "parquet.pq"])
+def test_real_users_files_read_as_their_utf8_twin(shared_data, tmp_path, name):
+    text = real_text(shared_data, 500)
+    (tmp_path / "plain.tsv").write_text(text, encoding="utf-8")
+    want, want_stats = read_pairs(tmp_path / "plain.tsv")
+    assert not want_stats.invalid
+    path = tmp_path / name
+    if name.endswith(".pq"):  # Parquet under another name: told by its content
+        pq.write_table(pa.table({"en": [s for s, _ in want], "ro": [t for _, t in want]}), path)
+        got, stats = read_pairs(path, columns=("en", "ro"))
+    else:
+        path.write_bytes(USER_FILES[name](text))
+        drop = "drop" if name == "manythings.txt" else "error"
+        got, stats = read_pairs(path, extra_columns=drop)
+    assert got == want and stats.lines == 500 and not stats.invalid
+    assert not any("\ufeff" in s or "\x00" in s for pair in got for s in pair)
+
+
+def test_prepare_reads_excel_and_manythings_files(shared_data, tmp_path, capsys):
+    """Through the CLI: a UTF-16 file from Excel, and a manythings.org export kept by its
+    TaskSpec option, prepare like the UTF-8 TSV they hold."""
+    text = real_text(shared_data, 2000)
+    (tmp_path / "excel.txt").write_bytes(USER_FILES["excel.txt"](text))
+    (tmp_path / "manythings.txt").write_bytes(USER_FILES["manythings.txt"](text))
+    tasks = [
+        dict(name="eng-excel", src_lang="eng", tgt_lang="ron", train=[str(tmp_path / "excel.txt")]),
+        dict(
+            name="eng-many",
+            src_lang="eng",
+            tgt_lang="ron",
+            train=[str(tmp_path / "manythings.txt")],
+            extra_columns="drop",
+        ),
+    ]
+    cfg = {"tasks": ["eng-excel", "eng-many"], "custom_tasks": tasks, "vocab_size": 500}
+    (tmp_path / "data.yaml").write_text(json.dumps(cfg))
+    rc = main(["--config", str(tmp_path / "data.yaml"), "--out-dir", str(tmp_path / "out"), "-q"])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    prepared = load_prepared(Path(stdout.split("prepared: ")[1].split()[0]))
+    for task in ("eng-excel", "eng-many"):
+        counts = prepared.manifest["tasks"][task]["counts"]
+        assert counts["raw"] == 2000 and counts["invalid"] == {}, counts
+        assert prepared.size(task) > 1500
+        shard = prepared.shard(task, "train")
+        text = shard.column("src_text").to_pylist() + shard.column("tgt_text").to_pylist()
+        assert not any("\x00" in t or "\ufeff" in t for t in text)

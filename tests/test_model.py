@@ -358,9 +358,13 @@ def test_beam_one_is_greedy_and_beam_four_scores_at_least_greedy(overfit, table)
     greedy = greedy_decode(model, src, max_len=30)
     assert beam_decode(model, src, beam_size=1, max_len=30) == greedy
     assert translate(model, src, beam_size=1, max_len=30) == greedy
-    # Above 1/2 a memorised target beats every other sequence, by any length penalty here.
-    lp_target = logprob(model, src[:32], targets(tbl))
-    assert (lp_target.exp() > MEMORISED).all()
+    # A target above 1/2 wins every argmax and stays first in every top-k. Ranked by log p per
+    # token, it also beats every other sequence h (log p(h) < log(1 - p), length <= max_len)
+    # while log(1 - p) / max_len < log p / length.
+    p = logprob(model, src[:32], targets(tbl)).exp()
+    assert (p > MEMORISED).all()
+    lengths = torch.tensor([len(t) + 1 for t in targets(tbl)])  # EOS included
+    assert ((1 - p).log() / (2 * src.size(1) + 10) < p.log() / lengths).all()  # translate's max
     assert greedy[:32] == targets(tbl)
     assert beam_decode(model, src[:32], 4, 30, length_penalty=0.0) == targets(tbl)
     assert translate(model, src[:32], beam_size=4) == targets(tbl)

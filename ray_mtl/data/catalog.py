@@ -40,6 +40,7 @@ class Task:
     columns: tuple[str, str] = ("src", "tgt")
     catalogue: bool = False
     """Its files are the catalogue's under the data root (not a custom task's own paths)."""
+    extra_columns: str = "error"
 
     @property
     def tag(self) -> str:
@@ -175,4 +176,5 @@ def _custom(spec: TaskSpec) -> Task:
         paths(spec.train),
         paths(spec.test),
         (spec.src_column, spec.tgt_column),
+        extra_columns=spec.extra_columns,
     )

@@ -48,7 +48,7 @@ from ray_mtl.data.tokenizer import EOS, SETTINGS, balanced_sample, train_tokeniz
 from ray_mtl.errors import UserError
 from ray_mtl.storage import atomic_dir, atomic_write_json, ensure_writable_dir
 
-FORMAT = 1
+FORMAT = 2  # 2: TSV byte-order marks and UTF-16, Parquet told by content
 """Bump when any stage's output changes for the same inputs: every cache key includes it."""
 
 
@@ -118,6 +118,7 @@ def _clean(task: Task, cfg: DataConfig, stages: Path, log, built: list[str]) -> 
             task.src_lang,
             task.tgt_lang,
             task.columns,
+            task.extra_columns,
             {s: [f["sha256"] for f in fs] for s, fs in files.items()},
             settings,
         ]
@@ -174,7 +175,13 @@ def _read(task: Task, split: str, cfg: DataConfig, log) -> tuple[list[Pair], Rea
     stats = ReadStats()
     for path in getattr(task, split):
         log(f"reading {task.name} {split} ({path.name}) ...", end="")
-        p, s = read_pairs(path, columns=task.columns, max_lines=cfg.max_pairs, strict=cfg.strict)
+        p, s = read_pairs(
+            path,
+            columns=task.columns,
+            max_lines=cfg.max_pairs,
+            strict=cfg.strict,
+            extra_columns=task.extra_columns,
+        )
         bad = sum(s.invalid.values())
         log(f" {s.lines:,} lines" + (f", {bad:,} invalid" if bad else ""), prefix=False)
         pairs += p
