@@ -1,9 +1,10 @@
 """Peak disk of a sweep's checkpoints: every checkpoint kept vs only those the tree needs.
 
-    .venv/bin/python -m bench.disk            # ~3 min on 2 cores; writes bench/results/disk.json
+    .venv/bin/python -m bench.disk            # ~6 min on 2 cores; writes bench/results/disk.json
 
-Measured: the smoke sweep run twice on an embedded local Ray, ``keep_checkpoints: all`` (the
-baseline, what main did) and ``needed``, sampling the bytes under ``<sweep>/segments`` every
+Measured: the smoke sweep (512 tokens a step and one worker: what is on disk does not depend on
+either) run twice on an embedded local Ray, ``keep_checkpoints: all`` (the baseline, what main
+did) and ``needed``, sampling the bytes under ``<sweep>/segments`` every
 0.2 s. Computed: ``paper_fr_ro.yaml`` from its plan (the real ``Tree`` driven in simulated time,
 each segment starting when its fork exists, one step per time unit, unlimited slots) and the
 measured size of one checkpoint of its model (weights, AdamW state, and the best-per-task weights
@@ -15,17 +16,14 @@ from __future__ import annotations
 import contextlib
 import heapq
 import io
-import json
 import os
-import platform
-import subprocess
 import threading
 import time
 from pathlib import Path
 
-import ray
 import torch
 
+from bench.record import write_result
 from ray_mtl.config import SpaceConfig, load
 from ray_mtl.model import Transformer
 from ray_mtl.plan import plan
@@ -118,25 +116,12 @@ def simulated_peak(space: SpaceConfig, collect: bool) -> dict:
     return {"checkpoints_written": total, "peak_alive": peak, "left": len(alive)}
 
 
-def machine() -> dict:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if "model name" in ln), "")
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "commit": commit,
-    }
-
-
 def main() -> None:
     out = ROOT / "bench" / "out" / "disk"
     smoke = load(SpaceConfig, ROOT / "tune_spaces" / "smoke.yaml")
+    # What is on disk depends on the tree and the model, not on tokens per step or on workers.
+    smoke.batch_tokens = 512
+    smoke.resources.num_workers, smoke.resources.cpus_per_worker = 1, 0.9
     measured = {keep: measure(smoke, keep, out) for keep in ("all", "needed")}
     paper = load(SpaceConfig, ROOT / "tune_spaces" / "paper_fr_ro.yaml")
     size = checkpoint_bytes(paper, paper.data.vocab_size)
@@ -145,7 +130,6 @@ def main() -> None:
         sim = simulated_peak(paper, collect)
         computed[keep] = sim | {"peak_bytes": sim["peak_alive"] * size}
     doc = {
-        "machine": machine(),
         "smoke_measured": measured,
         "paper_fr_ro_computed": {"checkpoint_bytes": size, **computed},
         "ratio_smoke_peak": measured["all"]["peak_bytes"]
@@ -153,9 +137,7 @@ def main() -> None:
         "ratio_paper_peak": computed["all"]["peak_bytes"]
         / max(computed["needed"]["peak_bytes"], 1),
     }
-    path = ROOT / "bench" / "results" / "disk.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    path = write_result("disk", doc)
     for name, m in measured.items():
         mb = {k: f"{m[k] / 1e6:.1f} MB" for k in ("peak_bytes", "final_bytes")}
         print(f"smoke, keep {name}: peak {mb['peak_bytes']}, left {mb['final_bytes']}")

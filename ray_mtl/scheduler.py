@@ -107,9 +107,10 @@ class Tree:
     def suggest(self, trial_id: str) -> list[str] | None:
         """A new trial's first segment; empty: none yet, it starts and waits for a fork to come
         (``more``); None: no trial is needed now (what is ready, trials that are free take)."""
+        if self.slots is not None and len(self.running) >= self.slots:
+            return None  # a trial beyond the slots would wait for workers, and time out
         free = sum(not self._busy(t) for t in self.running)
-        room = self.slots is not None and len(self.running) < self.slots
-        if len(self.ready) <= free and (self.ready or not room):
+        if len(self.ready) <= free and (self.ready or self.slots is None):
             return None
         self.running.append(trial_id)
         first = self.more(trial_id)

@@ -132,18 +132,35 @@ def ray_session(ray_tmpdir):
     ray.shutdown()
 
 
+def sized_space(tmp_path: Path, name: str, **changes) -> Path:
+    """The shipped smoke space at test size, as ``tmp_path/<name>.yaml``: the same tree (ids, steps,
+    forks) on a quarter of the tokens per step and one worker per segment, the number of processes
+    a 2-core machine starts fastest (DDP runs in ``test_train`` and the cluster test)."""
+    import yaml
+
+    space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
+    space |= {"name": name, "batch_tokens": 512}
+    space["eval"] |= {"pairs": 64, "bleu_pairs": 16}
+    space["resources"] = {"num_workers": 1, "cpus_per_worker": 0.9}
+    for key, value in changes.items():
+        space[key] = space[key] | value if isinstance(value, dict) else value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
 @pytest.fixture(scope="session")
 def smoke_sweep(ray_session, shared_data, tmp_path_factory) -> Path:
-    """The shipped smoke sweep, run once per session through the real CLI entry point.
+    """The smoke sweep (``sized_space``), run once per session through the real CLI entry point
+    with a ``file://`` storage URI.
 
     Returns the sweep dir (``<storage>/smoke``) with results, frontier and report.
     """
     from ray_mtl.tune import main
 
     storage = tmp_path_factory.mktemp("sweeps")
-    assert (
-        main(["--space", str(ROOT / "tune_spaces" / "smoke.yaml"), "--storage", str(storage)]) == 0
-    )
+    space = sized_space(storage, "smoke")
+    assert main(["--space", str(space), "--storage", f"file://{storage}"]) == 0
     return storage / "smoke"
 
 

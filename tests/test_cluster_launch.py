@@ -42,6 +42,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sized_space
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
@@ -342,15 +343,17 @@ class Cluster:
     file: Path
     address: str  # the dashboard through `ray dashboard`'s tunnel
     storage: Path
+    space: Path  # the smoke space at test size, with DDP (two workers) in every segment
 
     def submit(self, storage: Path, **env: str):
-        """The README's `ray job submit` line with the smoke sweep, this storage and address."""
+        """The README's `ray job submit` line with the (test-size) smoke sweep, this storage and
+        address."""
         prefix, argv = readme_step("job submit")
         env = prefix | env
         env = {k: (self.address if v == README_DASHBOARD else v) for k, v in env.items()}
-        swap = {README_SPACE: "tune_spaces/smoke.yaml", README_STORAGE: str(storage)}
+        swap = {README_SPACE: str(self.space), README_STORAGE: str(storage)}
         argv = [swap.get(a, a) for a in argv]
-        assert "tune_spaces/smoke.yaml" in argv and str(storage) in argv, argv
+        assert str(self.space) in argv and str(storage) in argv, argv
         return self.head.ray(argv, self.head.env(**env), timeout=1800)
 
 
@@ -386,7 +389,12 @@ def cluster(head) -> Iterator[Cluster]:
         storage = head.dir / "storage"  # as the NFS export: the head user writes it
         storage.mkdir()
         os.chown(storage, head.uid, -1)
-        yield Cluster(head, file, f"http://127.0.0.1:{port}", storage)
+        (head.dir / "spaces").mkdir()
+        (head.dir / "spaces").chmod(0o755)
+        ddp = {"num_workers": 2, "cpus_per_worker": 0.45}
+        space = sized_space(head.dir / "spaces", "smoke", resources=ddp)
+        space.chmod(0o644)
+        yield Cluster(head, file, f"http://127.0.0.1:{port}", storage, space)
     finally:
         os.killpg(tunnel.pid, signal.SIGTERM)
         tunnel.wait(timeout=30)

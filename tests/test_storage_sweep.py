@@ -2,7 +2,7 @@
 
     .venv/bin/python -m pytest -q tests/test_storage_sweep.py
 
-The smoke sweep runs through the real CLI with ``--storage s3://...?endpoint_override=...``:
+A two-segment sweep runs through the real CLI with ``--storage s3://...?endpoint_override=...``:
 checkpoints, rows, trials, frontier and report all land in the bucket, and ``--resume`` from
 that URI works. A storage that cannot be reached, or a missing bucket, is refused before
 anything starts, naming the URI.
@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 import yaml
+from conftest import sized_space
 
 from ray_mtl.storage import filesystem, join, read_text
 from ray_mtl.tune import main
@@ -31,11 +32,17 @@ def listing(uri: str) -> list[str]:
     return sorted(i.path[len(path) + 1 :] for i in infos if i.type == pafs.FileType.File)
 
 
+def small_space(tmp_path: Path) -> Path:
+    """The test smoke space cut to one trunk and one branch (two segments)."""
+    grid = {"pretrain_steps": [50], "finetune_steps": 50, "low_rates": [0.3], "seeds": [0]}
+    return sized_space(tmp_path, "tiny", methods=["two_phase"], grid=grid, eval={"every": 25})
+
+
 @pytest.mark.slow
-def test_smoke_sweep_on_s3_then_resume(ray_session, shared_data, s3, capsys):
+def test_sweep_on_s3_then_resume(ray_session, shared_data, s3, tmp_path, capsys):
     storage = f"s3://ray-mtl/runs?{s3}"
-    sweep = f"s3://ray-mtl/runs/smoke?{s3}"
-    assert main(["--space", str(SMOKE), "--storage", storage]) == 0
+    sweep = f"s3://ray-mtl/runs/tiny?{s3}"
+    assert main(["--space", str(small_space(tmp_path)), "--storage", storage]) == 0
     files = listing(sweep)
     for name in ("space.yaml", "plan.json", "results.json", "tree_state.json", "timeline.json"):
         assert name in files
@@ -53,24 +60,13 @@ def test_smoke_sweep_on_s3_then_resume(ray_session, shared_data, s3, capsys):
     assert "report/index.html" in listing(sweep)
 
 
-def small_space(tmp_path: Path) -> Path:
-    """The smoke space cut to one trunk and one branch (two segments)."""
-    space = yaml.safe_load(SMOKE.read_text())
-    space["name"] = "tiny"
-    space["methods"] = ["two_phase"]
-    space["grid"] |= {"pretrain_steps": [100], "low_rates": [0.3]}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
-
-
-@pytest.mark.slow
-def test_sweep_on_a_file_uri(ray_session, shared_data, tmp_path):
-    assert main(["--space", str(small_space(tmp_path)), "--storage", f"file://{tmp_path}/r"]) == 0
-    sweep = tmp_path / "r" / "tiny"
-    assert (sweep / "report" / "index.html").is_file()
-    assert (sweep / "trials.parquet").is_file()
-    assert (sweep / "segments" / "pt-s0" / "metrics.parquet").is_file()
+def test_sweep_on_a_file_uri(smoke_sweep):
+    """The session's smoke sweep ran with ``--storage file://...``: its files are where a path
+    would have put them."""
+    assert (smoke_sweep / "report" / "index.html").is_file()
+    assert (smoke_sweep / "trials.parquet").is_file()
+    assert (smoke_sweep / "segments" / "pt-s0" / "metrics.parquet").is_file()
+    assert yaml.safe_load((smoke_sweep / "space.yaml").read_text())["name"] == "smoke"
 
 
 def test_unreachable_storage_is_refused_before_anything_runs(tmp_path, capsys):

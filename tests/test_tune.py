@@ -1,8 +1,9 @@
-"""The sweep service end to end: the shipped smoke sweep on real Ray, forks, equivalence, bad input.
+"""The sweep service end to end: the smoke sweep on real Ray, forks, equivalence, bad input.
 
-    .venv/bin/python -m pytest -q tests/test_tune.py       # ~5 min on 2 cores (the smoke sweep)
+    .venv/bin/python -m pytest -q tests/test_tune.py       # a few minutes on 2 cores
 
-The smoke sweep runs once per session (``smoke_sweep`` in conftest.py) through
+The smoke sweep (the shipped space at test size: ``sized_space`` in conftest.py) runs once per
+session (``smoke_sweep``) through
 ``ray_mtl.tune.main``; the report and notebook tests reuse it.
 """
 
@@ -229,36 +230,15 @@ def test_resumed_tree_keeps_what_tunes_trials_were_handed_and_the_hand_out_rules
     assert tree.more("a") == ["tp-L100-w0.3-s0"]
 
 
-def test_branches_run_while_their_trunk_goes_on(ray_session, shared_data, tmp_path):
-    """A branch forked early starts while its trunk still trains (real Ray, real timestamps).
-
-    One worker per segment so that several segments fit 2 CPUs at once; the smoke space's two
-    workers per segment fill 2 CPUs, so there segments run one at a time.
-    """
-    d = smoke_dict()
-    d.update(name="overlap", methods=["two_phase"], batch_tokens=1024)
-    d["grid"].update(pretrain_steps=[20, 600], finetune_steps=20, low_rates=[0.3])
-    d["eval"].update(every=1000, pairs=50, bleu_pairs=0, test_at_end=False)
-    d["resources"].update(num_workers=1, cpus_per_worker=0.5)
-    (tmp_path / "overlap.yaml").write_text(yaml.safe_dump(d))
-    args = ["--space", str(tmp_path / "overlap.yaml"), "--storage", str(tmp_path), "--no-report"]
-    assert main(args) == 0
-    timeline = json.loads((tmp_path / "overlap" / "timeline.json").read_text())
-    assert timeline["tp-L20-w0.3-s0"]["start"] < timeline["pt-s0"]["end"]
-    # the late fork's branch can only start once the trunk has reached its end
-    assert timeline["tp-L600-w0.3-s0"]["start"] > timeline["tp-L20-w0.3-s0"]["start"]
-    trials = pd.read_parquet(tmp_path / "overlap" / "trials.parquet")
-    assert (trials.status == "finished").all()
-
-
 def test_tree_branch_equals_the_trial_run_from_scratch(smoke_sweep, tmp_path):
-    """tp-L100-w0.3-s0 from the tree (2 DDP workers, forked at 100) = the same trial alone
-    (1 process, no Ray, 0..200): same global batches, loss normalised by global tokens."""
+    """tp-L100-w0.3-s0 from the tree (a Ray Train worker, forked at 100) = the same trial alone
+    (no Ray, 0..200): the fork restores the sampler, RNG and optimizer state exactly. (Two DDP
+    workers against one: ``test_train``.)"""
     space = load(SpaceConfig, smoke_sweep / "space.yaml")
     seg = naive(space).segments["naive-tp-L100-w0.3-s0"]
     cfg = segment_config(space, seg, str(tmp_path))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray worker (cpus_per_worker 0.5)
+    torch.set_num_threads(1)  # as the Ray worker (cpus_per_worker < 2)
     try:
         train.run(cfg)
     finally:
