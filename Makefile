@@ -31,10 +31,10 @@ lint: install
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
+# Every benchmark; each writes bench/results/<name>.json (commit them: README's table reads them).
+BENCHES := prepare train_throughput schedule disk tree_vs_naive
 bench: install
-	$(BIN)/python bench/prepare.py
-	$(BIN)/python bench/train_throughput.py
-	$(BIN)/python bench/tree_vs_naive.py
+	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs results bench/out

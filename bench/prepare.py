@@ -1,19 +1,16 @@
 """Time ``prepare`` on all five shipped pairs: a cold build in a fresh dir, then a warm re-run.
 
-    .venv/bin/python -m bench.prepare            # from the project root -> bench/out/prepare.json
+    .venv/bin/python -m bench.prepare          # from the project root -> bench/results/prepare.json
 
 Goal: cold <= 60 s on 2 cores; warm (cache hit) < 2 s. The ratio warm/cold is printed.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import tempfile
 import time
-from pathlib import Path
 
+from bench.record import write_result
 from ray_mtl.config import DataConfig
 from ray_mtl.data import prepare, table
 
@@ -41,13 +38,9 @@ def main() -> None:
             train_pairs=sum(c["counts"]["train"] for c in counts.values()),
             pairs_per_s=round(raw / cold),
             vocab_size=data.vocab_size,
-            cpus=os.cpu_count(),
-            machine=platform.machine(),
         )
         print(table(data))
-    path = Path(__file__).parent / "out" / "prepare.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_result("prepare", result)
     print(
         f"cold {cold:.1f} s ({raw / cold:,.0f} pairs/s), warm {warm:.2f} s, "
         f"warm/cold {warm / cold:.4f} -> {path}"

@@ -1,6 +1,6 @@
 """Tokens/s of a 1-worker Ray Train run against the same loop as a plain function, same run.
 
-    .venv/bin/python -m bench.train_throughput            # -> bench/out/train_throughput.json
+    .venv/bin/python -m bench.train_throughput            # -> bench/results/train_throughput.json
     .venv/bin/python -m bench.train_throughput --steps 50 --preset tiny                # quicker
 
 Both sides train the same model on the same sampler stream for the same steps: the plain side
@@ -14,9 +14,6 @@ the load of a shared machine hits both sides alike. Goal: ray / plain >= 0.9.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import conftest  # noqa: E402,F401  (the quiet local-Ray settings the tests use)
 
+from bench.record import write_result  # noqa: E402
 from ray_mtl import ray_train, train  # noqa: E402
 from ray_mtl.config import (  # noqa: E402
     DataConfig,
@@ -88,14 +86,8 @@ def main() -> None:
         ray_tokens_per_s=round(ray_tps),
         ray_over_plain=round(ray_tps / baseline, 3),
         ray_fit_wall_s=round(ray_wall, 1),
-        torch=torch.__version__,
-        ray=ray.__version__,
-        cpus=os.cpu_count(),
-        machine=platform.machine(),
     )
-    path = ROOT / "bench" / "out" / "train_throughput.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    path = write_result("train_throughput", out)
     print(
         f"plain {baseline:,.0f} tok/s (before {plain_before:,.0f}, after {plain_after:,.0f}), "
         f"ray {ray_tps:,.0f} tok/s -> ray/plain {ray_tps / baseline:.3f} (goal >= 0.9); "

@@ -235,6 +235,7 @@ def frontier(
         "split": "dev",
         "axes": names,
         "senses": sense,
+        "signatures": results.signatures,
         "trials": {
             "total": len(results.trials),
             "finished": results.finished,

@@ -362,6 +362,8 @@ def summary_text(fr: dict) -> list[str]:
                 f"{a}'s front weakly dominates {ab:.0%} of {b}'s front points; "
                 f"{b}'s front dominates {ba:.0%} of {a}'s."
             )
+    for metric, sigs in fr.get("signatures", {}).items():
+        out.append(f"{metric} scored by sacrebleu, signature {' and '.join(sigs)}.")
     return out + statistics_text(fr)
 
 

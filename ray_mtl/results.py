@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from ray_mtl.storage import (
     is_dir,
     is_file,
     join,
+    parent,
     read_parquet,
     read_text,
     write_parquet,
@@ -94,6 +95,21 @@ def metric_rows(segment: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def signatures(metrics: dict[str, Any]) -> dict[str, str]:
+    """``{"bleu": "nrefs:1|case:mixed|...", "chrf": ...}``: sacrebleu's signature of each score a
+    report carries (one per metric: every task and split is scored with the same settings)."""
+    return {
+        k.rsplit("/", 1)[-1].removesuffix("_signature"): v
+        for k, v in metrics.items()
+        if k.endswith("_signature") and isinstance(v, str)
+    }
+
+
+def signatures_uri(rows_uri: str) -> str:
+    """Beside a segment's rows: the signatures of its BLEU and chrF values."""
+    return join(parent(rows_uri), "signatures.json")
+
+
 def write_rows(uri: str, rows: list[dict[str, Any]]) -> None:
     write_parquet(uri, pa.Table.from_pylist(rows, schema=METRIC_SCHEMA))
 
@@ -116,6 +132,7 @@ class SegmentRows:
     def __init__(self, template: str) -> None:
         self.template = template
         self.rows: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        self.signatures: dict[str, dict[str, str]] = {}
 
     def add(self, metrics: dict[str, Any]) -> None:
         """Record one report (its ``segment`` named) and write that segment's file whole."""
@@ -128,6 +145,10 @@ class SegmentRows:
                     self.rows[seg].setdefault(int(r["step"]), []).append(r)
         self.rows[seg][int(metrics["step"])] = metric_rows(seg, metrics)
         write_rows(uri, [r for step in sorted(self.rows[seg]) for r in self.rows[seg][step]])
+        sigs = signatures(metrics)
+        if sigs and sigs != self.signatures.get(seg):
+            write_text(signatures_uri(uri), json.dumps(sigs, sort_keys=True))
+            self.signatures[seg] = sigs
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,6 +277,9 @@ class Results:
     trials: pd.DataFrame
     live: bool = False
     """Assembled from the per-segment rows (the sweep runs, or stopped before its end)."""
+    signatures: dict[str, list[str]] = field(default_factory=dict)
+    """Metric (``bleu``, ``chrf``) -> sacrebleu's signatures of its values (one, unless the
+    segments were scored by different sacrebleu versions or settings)."""
 
     @property
     def finished(self) -> int:
@@ -337,7 +361,19 @@ def load_results(sweep: str | Path) -> Results:
     name = str(space.get("name") or meta.get("name") or meta.get("sweep") or Path(sweep).name)
     tasks = {g: [str(t) for t in tasks[g]] for g in GROUPS}
     trials = trials.assign(trial=trials["trial"].astype(str))
-    return Results(sweep, name, tasks, metrics, trials, live)
+    segments = sorted(set(metrics["segment"].astype(str)))
+    return Results(sweep, name, tasks, metrics, trials, live, sweep_signatures(sweep, segments))
+
+
+def sweep_signatures(sweep: str, segments: list[str]) -> dict[str, list[str]]:
+    """Every signature the segments' BLEU and chrF values were scored with, per metric."""
+    found: dict[str, set[str]] = {}
+    for seg in segments:
+        uri = signatures_uri(segment_rows_uri(sweep, seg))
+        if is_file(uri):
+            for metric, sig in json.loads(read_text(uri)).items():
+                found.setdefault(metric, set()).add(sig)
+    return {m: sorted(s) for m, s in sorted(found.items())}
 
 
 def write_frontier(results: Results, sweep: str | Path, axes=None) -> dict:

@@ -9,6 +9,7 @@ session (``smoke_sweep``) through
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -73,8 +74,13 @@ def test_smoke_frontier_and_report(smoke_sweep):
         assert set(methods) == {"two_phase", "scalarization"}
         for m in methods.values():
             assert m["hypervolume"] > 0 and m["front"]
+        # sacrebleu's signature of the BLEU and chrF values, one each (one sacrebleu, one setting)
+        sigs = doc[at]["signatures"]
+        assert set(sigs) == {"bleu", "chrf"} and all(len(v) == 1 for v in sigs.values())
+        assert "tok:13a" in sigs["bleu"][0] and sigs["chrf"][0].startswith("nrefs:1|")
     assert (smoke_sweep / "frontier.parquet").stat().st_size > 0
     page = (smoke_sweep / "report" / "index.html").read_text()
+    assert f"bleu scored by sacrebleu, signature {sigs['bleu'][0]}" in html.unescape(page)
     for name in FIGURES:
         assert (smoke_sweep / "report" / f"{name}.png").stat().st_size > 10_000, name
         assert f"{name}.png" in page
