@@ -234,6 +234,8 @@ class Results:
     trials: pd.DataFrame
     live: bool = False
     """Assembled from the per-segment rows (the sweep runs, or stopped before its end)."""
+    kind: str = "translation"
+    """The space's task kind: translation, or lm (languages, measured in bits per byte)."""
 
     @property
     def finished(self) -> int:
@@ -315,7 +317,8 @@ def load_results(sweep: str | Path) -> Results:
     name = str(space.get("name") or meta.get("name") or meta.get("sweep") or Path(sweep).name)
     tasks = {g: [str(t) for t in tasks[g]] for g in GROUPS}
     trials = trials.assign(trial=trials["trial"].astype(str))
-    return Results(sweep, name, tasks, metrics, trials, live)
+    kind = str(space.get("kind") or "translation")
+    return Results(sweep, name, tasks, metrics, trials, live, kind)
 
 
 def write_frontier(results: Results, sweep: str | Path, axes=None) -> dict:
