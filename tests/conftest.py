@@ -115,6 +115,18 @@ def smoke_sweep(ray_session, shared_data, tmp_path_factory) -> Path:
     return storage / "smoke"
 
 
+@pytest.fixture(scope="session")
+def lm_smoke_sweep(ray_session, shared_data, tmp_path_factory) -> Path:
+    """The shipped language-model smoke sweep (``tune_spaces/lm_smoke.yaml``), run once per
+    session through the real CLI entry point; returns its dir."""
+    from ray_mtl.tune import main
+
+    storage = tmp_path_factory.mktemp("lm_sweeps")
+    space = str(ROOT / "tune_spaces" / "lm_smoke.yaml")
+    assert main(["--space", space, "--storage", str(storage)]) == 0
+    return storage / "lm_smoke"
+
+
 # Real Tatoeba pairs, a SentencePiece model trained on them, and a tiny model that memorised 32 of
 # them: shared by the model and evaluation tests (built once per session; helpers in test_model).
 
@@ -156,15 +168,22 @@ def overfit(pairs, sp):
 @pytest.fixture(scope="session")
 def data_cfg(shared_data, tmp_path_factory):
     """Real prepared data for training tests: eng-fra + eng-ron, 3,000 lines each, vocab 500."""
+    return prepared_slices(shared_data, tmp_path_factory, tasks=["eng-fra", "eng-ron"])
+
+
+def prepared_slices(shared_data: Path, tmp_path_factory, **cfg):
+    """A DataConfig over the first 3,000 lines of each shipped file, vocab 500, prepared here."""
     from ray_mtl.config import DataConfig
     from ray_mtl.data import prepare
 
-    cfg = DataConfig(
-        tasks=["eng-fra", "eng-ron"],
-        data_dir=str(shared_data),
-        max_pairs=3000,
-        vocab_size=500,
-        out_dir=str(tmp_path_factory.mktemp("prepared")),
-    )
-    prepare(cfg, verbose=False)
-    return cfg
+    out = str(tmp_path_factory.mktemp("prepared"))
+    data = DataConfig(data_dir=str(shared_data), max_pairs=3000, vocab_size=500, out_dir=out, **cfg)
+    prepare(data, verbose=False)
+    return data
+
+
+@pytest.fixture(scope="session")
+def lm_data_cfg(shared_data, tmp_path_factory):
+    """Real prepared languages for LM tests: the French and Romanian sides of the first 3,000
+    lines of eng-fra and eng-ron, vocab 500."""
+    return prepared_slices(shared_data, tmp_path_factory, kind="lm", tasks=["fra", "ron"])
