@@ -34,6 +34,7 @@ format: install
 bench: install
 	$(BIN)/python bench/prepare.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/train_throughput.py --kind lm
 	$(BIN)/python bench/tree_vs_naive.py
 
 clean:
