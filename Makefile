@@ -35,6 +35,7 @@ format: install
 BENCHES := prepare train_throughput schedule disk tree_vs_naive
 bench: install
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done
+	$(BIN)/python -m bench.train_throughput --kind lm
 
 clean:
 	rm -rf $(VENV) runs results bench/out

@@ -1,11 +1,16 @@
 """GPU check of the trainer's plain-function path: tokens/s and MFU, eager against compiled.
 
     python -m bench.gpu_check --data-dir D --cache C --out $OUT/gpu_check.json   # on the GPU
+    python -m bench.gpu_check --kind lm --preset gpt2 --data-dir D --cache C \\
+        --out $OUT/gpu_check_lm.json            # the decoder-only LM (defaults below), on the GPU
     .venv/bin/python -m bench.gpu_check --device cpu --preset tiny --steps 6 --every 2 \\
         --runs eager:1024,eager:1024:128 --reference 0 --out bench/out/gpu_check_cpu.json
+    .venv/bin/python -m bench.gpu_check --kind lm --device cpu --preset tiny --steps 6 --every 2 \\
+        --runs eager:2048:256,compile:2048:256 --reference 8 --vocab-size 2000 \\
+        --out bench/out/gpu_check_lm_cpu.json
 
 Each run (``--runs``, ``mode:batch_tokens[:pack_length]``) is ``ray_mtl.train.run`` (world size
-1, no Ray) with ``resources.use_gpu`` (bf16 autocast, fused AdamW) on eng-fra + eng-ron,
+1, no Ray) with ``resources.use_gpu`` (bf16 autocast, fused AdamW) on eng-fra + eng-ron (lm: below),
 evaluating every ``--every`` steps; ``pack_length`` packs pairs into fixed-shape rows. Mode
 ``chain`` trains three compiled segments back to back in one process instead, as a sweep's trial
 does, and records at each report the graphs compiled so far and the GPU memory held. Throughput
@@ -14,16 +19,23 @@ intervals after the first (which holds start-up and compilation); evaluation is 
 interval. ``--reference B`` also times the model alone, compiled, on random [B, 64] -> [B, 64]
 batches (the issue's reference shape): the ceiling of this model on this GPU.
 
+``--kind lm`` runs the decoder-only language model on the five shipped languages (the target
+sides of the pairs; ``--vocab-size``, default 32000 there: the ``gpt2`` preset then has 110M
+parameters, 85M of them in its 12 layers), by default compiled on packed rows of 1024 tokens
+(``compile:131072:1024``: 128 rows, documents separated by EOS, attention within a document),
+and its reference is the compiled model alone on fixed random [B, 1024] rows, plainly causal.
+
 MFU counts the matmul FLOPs of the batches the run actually trains on (the sampler's stream is
 deterministic, so it is replayed here for their padded shapes): forward + backward = 3 × 2 × MACs,
 with the encoder on source positions, the decoder and tied output layer on target positions,
-cross-attention keys on source positions, and attention scores. The issue's convention, 6 ×
-params × tokens, is given two ways: ``mfu_6pt`` counts target tokens (close to the exact count
-when sources and targets have similar lengths), ``mfu_6pt_all`` counts source + target tokens,
-which is about twice the exact count for an encoder-decoder (a token passes through one half of
-the parameters). The issue's reference figure (47.6% for a compiled loop at 512 x 64) matches
-``mfu_6pt_all`` of ``--reference 512`` on an H200 (50.1%; exact 25.6%). Peak: 989 TFLOP/s dense bf16
-(H100 SXM / H200 spec).
+cross-attention keys on source positions, and attention scores (causal ones counted half; the
+LM: its layers and output layer on its positions, causal scores counted half). The issue's
+convention, 6 × params × tokens, is given two ways: ``mfu_6pt`` counts target tokens (close to
+the exact count when sources and targets have similar lengths), ``mfu_6pt_all`` counts source +
+target tokens, which is about twice the exact count for an encoder-decoder (a token passes
+through one half of the parameters); for the LM both count its tokens. The issue's reference
+figure (47.6% for a compiled loop at 512 x 64) matches ``mfu_6pt_all`` of ``--reference 512`` on
+an H200 (50.1%; exact 25.6%). Peak: 989 TFLOP/s dense bf16 (H100 SXM / H200 spec).
 """
 
 from __future__ import annotations
@@ -50,8 +62,7 @@ from ray_mtl.config import (
     TrainConfig,
 )
 from ray_mtl.data import prepare
-from ray_mtl.data.tokenizer import PAD
-from ray_mtl.model import Transformer
+from ray_mtl.model import new_model
 from ray_mtl.rates import rates
 from ray_mtl.sampler import MixtureSampler
 
@@ -59,8 +70,12 @@ PEAK_BF16 = 989e12  # dense bf16, H100 SXM and H200 (the same chip); ~790e12 mea
 
 
 def step_flops(cfg: ModelConfig, vocab: int, b: int, s: int, t: int) -> float:
-    """Matmul FLOPs of one training step (forward + backward) on a [b, s] -> [b, t] batch."""
+    """Matmul FLOPs of one training step (forward + backward) on a [b, s] -> [b, t] batch
+    (``s == 0``: the decoder-only LM on [b, t] rows)."""
     d, ff = cfg.d_model, cfg.d_ff
+    if s == 0:
+        layers = cfg.decoder_layers * (b * t * (4 * d * d + 2 * d * ff) + b * t * t * d)
+        return 6.0 * (layers + b * t * d * vocab)
     enc = cfg.encoder_layers * (b * s * (4 * d * d + 2 * d * ff) + 2 * b * s * s * d)
     dec = cfg.decoder_layers * (
         b * t * (6 * d * d + 2 * d * ff)  # self q/k/v/out, cross q/out, MLP
@@ -74,22 +89,18 @@ def step_flops(cfg: ModelConfig, vocab: int, b: int, s: int, t: int) -> float:
 def stream_shapes(cfg: TrainConfig, steps: int) -> dict[str, float]:
     """Mean padded shapes and real tokens of the first ``steps`` batches the run trains on."""
     prepared = prepare(cfg.data, verbose=False)
-    sizes = {t: prepared.size(t) for t in prepared.tasks}
-    columns = {}
-    for t in prepared.tasks:
-        shard = prepared.shard(t, "train")
-        columns[t] = (shard.column("src"), shard.column("tgt"))
-    w = rates(sizes, cfg.phases[0].mixture)
+    columns = {t: prepared.sequences(t) for t in prepared.tasks}
+    w = rates(prepared.sizes, cfg.phases[0].mixture)
     sampler = MixtureSampler(
         columns, w, cfg.batch_tokens, seed=cfg.seed, pack_length=cfg.pack_length
     )
-    model = Transformer(cfg.model, prepared.vocab_size)
+    model = new_model(cfg.kind, cfg.model, prepared.vocab_size)
     flops = src_real = tgt_real = 0.0
     for _ in range(steps):
         batch = sampler.next_batch()
-        (b, s), t = batch.src.shape, batch.tgt_out.size(1)
+        (b, t), s = batch.tgt_out.shape, 0 if batch.src is None else batch.src.size(1)
         flops += step_flops(cfg.model, prepared.vocab_size, b, s, t)
-        src_real += int((batch.src != PAD).sum())
+        src_real += batch.real_tokens - batch.n_tokens
         tgt_real += batch.n_tokens
     return {
         "flops_per_step": flops / steps,
@@ -99,11 +110,22 @@ def stream_shapes(cfg: TrainConfig, steps: int) -> dict[str, float]:
     }
 
 
+LM_TASKS = ["fra", "deu", "spa", "ron", "ind"]
+
+
 def run_config(args, mode: str, batch_tokens: int, pack_length: int, root: Path) -> TrainConfig:
+    lm = args.kind == "lm"
+    data = DataConfig(
+        tasks=LM_TASKS if lm else ["eng-fra", "eng-ron"],
+        data_dir=args.data_dir,
+        out_dir=args.cache,
+        **({"vocab_size": args.vocab_size} if args.vocab_size else {}),
+    )
     return TrainConfig(
+        kind=args.kind,
         phases=[PhaseConfig(steps=args.steps, name="bench")],
-        data=DataConfig(tasks=["eng-fra", "eng-ron"], data_dir=args.data_dir, out_dir=args.cache),
-        model=ModelConfig(preset=args.preset, dropout=args.dropout),
+        data=data,
+        model=ModelConfig(preset=args.preset, dropout=args.dropout, max_len=max(128, pack_length)),
         eval=EvalConfig(every=args.every, pairs=100, bleu_pairs=0, test_at_end=False),
         resources=ResourcesConfig(use_gpu=args.device == "cuda"),
         batch_tokens=batch_tokens,
@@ -181,21 +203,25 @@ def chain_run(args, batch_tokens: int, pack_length: int, root: Path, n: int = 3)
 
 
 def reference(args, rows: int, length: int = 64, steps: int = 30) -> dict:
-    """The model alone, compiled, on fixed random [rows, length] batches (no PAD, no masks)."""
+    """The model alone, compiled, on fixed random [rows, length] batches (no PAD, no masks; the
+    LM plainly causal, at ``--ref-length``)."""
+    lm = args.kind == "lm"
+    length = args.ref_length if lm else length
     device = torch.device(args.device)
-    cfg = ModelConfig(preset=args.preset, dropout=args.dropout)
-    vocab = 8000
+    cfg = ModelConfig(preset=args.preset, dropout=args.dropout, max_len=max(128, length))
+    vocab = args.vocab_size or 8000
     torch.manual_seed(0)
-    model = Transformer(cfg, vocab).to(device)
+    model = new_model(args.kind, cfg, vocab).to(device)
     step_model = torch.compile(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.device == "cuda")
     src, tgt_in, tgt_out = torch.randint(4, vocab, (3, rows, length), device=device)
+    inputs = (tgt_in,) if lm else (src, tgt_in)
     autocast = torch.autocast(args.device, dtype=torch.bfloat16)
 
     def step() -> None:
         with autocast:
             loss = torch.nn.functional.cross_entropy(
-                step_model(src, tgt_in).flatten(0, 1).float(), tgt_out.flatten()
+                step_model(*inputs).flatten(0, 1).float(), tgt_out.flatten()
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -210,16 +236,20 @@ def reference(args, rows: int, length: int = 64, steps: int = 30) -> dict:
         step()
     sync()
     seconds = (time.perf_counter() - start) / steps
-    flops = step_flops(cfg, vocab, rows, length, length)
+    flops = step_flops(cfg, vocab, rows, 0 if lm else length, length)
+    sides = 1 if lm else 2
     return {
         "mode": "reference",
         "batch": [rows, length],
+        "params": model.num_params(),
         "step_ms": round(1000 * seconds, 2),
-        "tokens_per_s": round(2 * rows * length / seconds),
+        "tokens_per_s": round(sides * rows * length / seconds),
         "tflops": round(flops / seconds / 1e12, 1),
         "mfu": round(flops / seconds / PEAK_BF16, 4),
         "mfu_6pt": round(6 * model.num_params() * rows * length / seconds / PEAK_BF16, 4),
-        "mfu_6pt_all": round(6 * model.num_params() * 2 * rows * length / seconds / PEAK_BF16, 4),
+        "mfu_6pt_all": round(
+            6 * model.num_params() * sides * rows * length / seconds / PEAK_BF16, 4
+        ),
     }
 
 
@@ -252,24 +282,41 @@ def parse(spec: str) -> tuple[str, int, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kind", default="translation", choices=["translation", "lm"])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--preset", default="base")
+    p.add_argument("--preset", help="model preset (default: base; lm: gpt2)")
+    p.add_argument("--vocab-size", type=int, help="tokenizer size (default: 8000; lm: 32000)")
+    p.add_argument("--ref-length", type=int, default=1024, help="lm: the reference's row length")
     p.add_argument("--steps", type=int, default=90)
     p.add_argument("--dropout", type=float, default=0.1, help="the model's (residual) dropout")
     p.add_argument("--every", type=int, default=30, help="steps per timed interval")
     p.add_argument(
         "--runs",
-        default="eager:65536,eager:65536:128,compile:65536:128,compile:131072:128",
-        help="mode:batch_tokens[:pack_length], comma-separated",
+        help="mode:batch_tokens[:pack_length], comma-separated (default: eager:65536,"
+        "eager:65536:128,compile:65536:128,compile:131072:128; lm: compile:131072:1024)",
     )
-    p.add_argument("--reference", type=int, default=512, help="rows of the reference (0: skip)")
+    p.add_argument(
+        "--reference", type=int, help="rows of the reference (0: skip; default 512, lm: 128)"
+    )
     p.add_argument("--data-dir", help="corpus root (default: ../shared/data)")
     p.add_argument("--cache", help="prepared-data dir (default: a temp dir)")
     p.add_argument("--out", default="bench/out/gpu_check.json")
     p.add_argument("--profile", metavar="SPEC", help="also profile 10 steps of this run")
     args = p.parse_args()
+    lm = args.kind == "lm"
+    args.preset = args.preset or ("gpt2" if lm else "base")
+    args.vocab_size = args.vocab_size or (32000 if lm else None)
+    default_runs = (
+        "compile:131072:1024"
+        if lm
+        else ("eager:65536,eager:65536:128,compile:65536:128,compile:131072:128")
+    )
+    args.runs = args.runs or default_runs
+    args.reference = (128 if lm else 512) if args.reference is None else args.reference
     args.cache = args.cache or tempfile.mkdtemp(prefix="gpu-check-data-")
     result = {
+        "kind": args.kind,
+        "preset": args.preset,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch": torch.__version__,
         "peak_tflops": PEAK_BF16 / 1e12,

@@ -274,14 +274,46 @@ class TaskSpec:
         check(len(self.train) > 0, "train", "at least one file", self.train)
 
 
+Kind = Literal["translation", "lm"]
+"""What a task is: a translation direction (encoder-decoder on sentence pairs) or a language
+(decoder-only language model on monolingual text)."""
+KINDS = typing.get_args(Kind)
+
+
+@dataclasses.dataclass
+class LanguageSpec:
+    """A user-supplied language for ``kind: lm`` (the shipped languages need none)."""
+
+    name: str
+    """Task name, e.g. ``ron`` or ``mc4-ron``; used in paths and metrics."""
+    train: list[str]
+    """Training files: plain text (``.txt``, ``.txt.gz``: one document per line), JSON Lines
+    (``.jsonl``, ``.jsonl.gz``: one object per line) or Parquet."""
+    test: list[str] = dataclasses.field(default_factory=list)
+    """Test files, same formats; empty means a test set is carved from train like dev."""
+    text_field: str = "text"
+    """JSON Lines: the field holding a document's text; Parquet: the text column."""
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "name")
+        check(len(self.train) > 0, "train", "at least one file", self.train)
+        check(bool(self.text_field), "text_field", "a field name", self.text_field)
+
+
 @dataclasses.dataclass
 class DataConfig:
     """What ``python -m ray_mtl.prepare`` builds: tasks, splits, tokenizer, shards."""
 
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["eng-fra", "eng-ron"])
-    """Task names: the shipped Tatoeba pairs (``eng-{deu,fra,spa,ron,ind}``) or custom_tasks."""
+    """Task names: translation, the shipped Tatoeba pairs (``eng-{deu,fra,spa,ron,ind}``) or
+    custom_tasks; lm, the shipped languages (``deu``, ``fra``, ``spa``, ``ron``, ``ind``: the
+    target sides of those pairs) or custom_languages."""
+    kind: Kind = "translation"
+    """translation: sentence pairs; lm: monolingual documents (in a run, the run's ``kind``)."""
     custom_tasks: list[TaskSpec] = dataclasses.field(default_factory=list)
-    """User corpora, each a TaskSpec; a name here overrides the catalogue."""
+    """Translation: user corpora, each a TaskSpec; a name here overrides the catalogue."""
+    custom_languages: list[LanguageSpec] = dataclasses.field(default_factory=list)
+    """lm: user corpora, each a LanguageSpec; a name here overrides the catalogue."""
     data_dir: str | None = None
     """Corpus root. None: env RAY_MTL_DATA, ../shared/data, the repo's data/ slices, the cache."""
     out_dir: str | None = None
@@ -295,7 +327,8 @@ class DataConfig:
     max_pairs: int | None = None
     """Read only the first N lines of each train and test file (small slices for tests)."""
     max_len: int = 128
-    """Token cap per side; longer pairs are dropped and counted."""
+    """Token cap per side; longer pairs are dropped and counted. lm: longer documents are cut
+    into rows of this many tokens (none dropped)."""
     tokenizer_temperature: float = 5.0
     """Temperature of the tokenizer's training sample, so low-resource languages are covered."""
     tokenizer_sample: int = 200_000
@@ -310,8 +343,9 @@ class DataConfig:
         for i, t in enumerate(self.tasks):
             check_name(t, f"tasks[{i}]")
         check(len(set(self.tasks)) == len(self.tasks), "tasks", "distinct names", self.tasks)
-        names = [t.name for t in self.custom_tasks]
-        check(len(set(names)) == len(names), "custom_tasks", "distinct task names", names)
+        for field in ("custom_tasks", "custom_languages"):
+            names = [t.name for t in getattr(self, field)]
+            check(len(set(names)) == len(names), field, "distinct task names", names)
         check(self.vocab_size >= 100, "vocab_size", "an integer >= 100", self.vocab_size)
         check(self.dev_size >= 1, "dev_size", "an integer >= 1", self.dev_size)
         check(0 < self.dev_fraction < 1, "dev_fraction", "a number in (0, 1)", self.dev_fraction)
@@ -322,6 +356,15 @@ class DataConfig:
         check(t >= 1, "tokenizer_temperature", "a number >= 1", t)
         check(self.tokenizer_sample >= 1000, "tokenizer_sample", ">= 1000", self.tokenizer_sample)
 
+    def check_kind(self, at: str = "") -> None:
+        """Custom corpora of the other kind are refused (called once ``kind`` is final: by a run's
+        settings after they set it, and by ``prepare``); ``at`` prefixes the field."""
+        other = "custom_tasks" if self.kind == "lm" else "custom_languages"
+        want = "custom_languages" if self.kind == "lm" else "custom_tasks"
+        names = [t.name for t in getattr(self, other)]
+        expected = f"none for kind {self.kind!r} (its corpora are {want})"
+        check(not names, at + other, expected, names)
+
 
 # --------------------------------------------------------------------------------------------
 # Model, optimiser, mixture, phases, one training run
@@ -331,15 +374,19 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(d_model=64, n_heads=2, encoder_layers=1, decoder_layers=1, d_ff=128),
     "small": dict(d_model=256, n_heads=4, encoder_layers=3, decoder_layers=3, d_ff=1024),
     "base": dict(d_model=512, n_heads=8, encoder_layers=6, decoder_layers=6, d_ff=2048),
+    "gpt2": dict(d_model=768, n_heads=12, encoder_layers=12, decoder_layers=12, d_ff=3072),
 }
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Encoder-decoder Transformer (pre-LN, tied embeddings). Unset sizes come from the preset."""
+    """Transformer (pre-LN, tied embeddings): encoder-decoder for translation, decoder-only (of
+    ``decoder_layers`` layers; ``encoder_layers`` unused) for lm. Unset sizes come from the
+    preset."""
 
-    preset: Literal["tiny", "small", "base", "custom"] = "small"
-    """Size preset: tiny (tests), small (CPU default), base (Transformer-base), custom."""
+    preset: Literal["tiny", "small", "base", "gpt2", "custom"] = "small"
+    """Size preset: tiny (tests), small (CPU default), base (Transformer-base), gpt2 (GPT-2
+    small's shape: 85M parameters in its layers, 124M with a 50k vocabulary), custom."""
     d_model: int | None = None
     """Model width."""
     n_heads: int | None = None
@@ -471,18 +518,20 @@ class EvalConfig:
     every: int = 100
     """Evaluate every this many steps (and at the end, at fork steps and at listed eval steps)."""
     pairs: int = 500
-    """Dev pairs per task for cross-entropy."""
-    bleu_pairs: int = 100
-    """Dev pairs per task decoded for BLEU/chrF (0 disables decoding)."""
+    """Dev pairs (lm: document rows) per task for cross-entropy (and lm's bits per byte)."""
+    bleu_pairs: int | None = None
+    """Translation: dev pairs per task decoded for BLEU/chrF (0 disables decoding). Unset: 100
+    for translation, 0 for lm (which decodes nothing)."""
     beam_size: int = 1
-    """Beam width for decoding; 1 is greedy."""
+    """Translation: beam width for decoding; 1 is greedy."""
     test_at_end: bool = True
     """Evaluate the best-per-task weights on the test sets at the end of a segment."""
 
     def __post_init__(self) -> None:
         check(self.every >= 1, "every", "a positive integer", self.every)
         check(self.pairs >= 1, "pairs", "a positive integer", self.pairs)
-        check(self.bleu_pairs >= 0, "bleu_pairs", "an integer >= 0", self.bleu_pairs)
+        ok = self.bleu_pairs is None or self.bleu_pairs >= 0
+        check(ok, "bleu_pairs", "an integer >= 0", self.bleu_pairs)
         check(self.beam_size >= 1, "beam_size", "a positive integer", self.beam_size)
 
 
@@ -504,10 +553,12 @@ class ResourcesConfig:
 
 
 def check_pack_length(n: int, data: DataConfig, model: ModelConfig, batch_tokens: int) -> None:
-    """Packed rows must hold the longest pair (data.max_len) and fit the model's positions."""
-    lo, hi = data.max_len, model.max_len
-    ok = n == 0 or (lo <= n <= hi and 2 * n <= batch_tokens)
-    expected = f"0 or from data.max_len={lo} to model.max_len={hi}, at most batch_tokens/2"
+    """Packed rows must hold the longest pair or document row (data.max_len), fit the model's
+    positions, and a batch must hold one row (of two sides for translation)."""
+    lo, hi, sides = data.max_len, model.max_len, 1 if data.kind == "lm" else 2
+    ok = n == 0 or (lo <= n <= hi and sides * n <= batch_tokens)
+    most = "batch_tokens" if sides == 1 else "batch_tokens/2"
+    expected = f"0 or from data.max_len={lo} to model.max_len={hi}, at most {most}"
     check(ok, "pack_length", expected, n)
 
 
@@ -517,8 +568,13 @@ class RunSettings:
     workers, batches, checkpoints. ``TrainConfig`` and ``SpaceConfig`` both extend it, so a new
     setting is one field here and reaches every segment of a sweep (``plan.segment_config``)."""
 
+    kind: Kind = "translation"
+    """What a task is: a translation direction (encoder-decoder, pairs) or, for ``lm``, a language
+    (decoder-only language model, documents). It chooses the data, the model and the metrics;
+    the loop, sampler, phases and schedule are the same."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    """The prepared data to train on (in a space, ``tasks`` is filled from the task groups)."""
+    """The prepared data to train on (in a space, ``tasks`` is filled from the task groups;
+    ``kind`` is the run's)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     """The model."""
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -528,12 +584,13 @@ class RunSettings:
     resources: ResourcesConfig = dataclasses.field(default_factory=ResourcesConfig)
     """Workers and devices of one run (segment)."""
     batch_tokens: int = 4096
-    """Padded tokens (source + target) per optimizer step, summed over all workers."""
+    """Padded tokens (source + target; lm: document tokens) per optimizer step, summed over all
+    workers."""
     pack_length: int = 0
     """0: batches of length-bucketed, padded rows. N > 0: pack several pairs into rows of N
-    source and N target tokens, ``batch_tokens // (2 N)`` rows per batch (attention stays within a
-    pair): fixed shapes and little padding, for GPUs and ``compile``. From data.max_len to
-    model.max_len."""
+    source and N target tokens, ``batch_tokens // (2 N)`` rows per batch (lm: documents into rows
+    of N tokens, ``batch_tokens // N`` rows), attention staying within a pair or document: fixed
+    shapes and little padding, for GPUs and ``compile``. From data.max_len to model.max_len."""
     compile: bool = False
     """``torch.compile`` the training forward (worth it on GPU; evaluation stays eager)."""
     checkpoint_every: int = 0
@@ -542,6 +599,17 @@ class RunSettings:
     """Ray Train restarts after a worker fault, each from the latest checkpoint."""
 
     def __post_init__(self) -> None:
+        ok = self.data.kind in (self.kind, DataConfig().kind)
+        check(ok, "data.kind", f"unset or the run's kind {self.kind!r}", self.data.kind)
+        self.data.kind = self.kind
+        self.data.check_kind("data.")
+        if self.kind == "lm":  # nothing is decoded: translation's decoding settings are mistakes
+            bleu, beam = self.eval.bleu_pairs, self.eval.beam_size
+            why = "for kind 'lm' (decoding is for translation)"
+            check(bleu in (None, 0), "eval.bleu_pairs", f"unset or 0 {why}", bleu)
+            check(beam == 1, "eval.beam_size", f"1 {why}", beam)
+        if self.eval.bleu_pairs is None:
+            self.eval.bleu_pairs = 0 if self.kind == "lm" else 100
         check(self.batch_tokens >= 16, "batch_tokens", "an integer >= 16", self.batch_tokens)
         check_pack_length(self.pack_length, self.data, self.model, self.batch_tokens)
         ok = self.checkpoint_every >= 0
@@ -676,7 +744,8 @@ class SpaceConfig(RunSettings):
     )
     """Methods to compare."""
     tokens_per_example: int = 32
-    """Mean padded tokens per pair, to turn UniMax's step budget into an example budget."""
+    """Mean padded tokens per pair (lm: per document row), to turn UniMax's step budget into an
+    example budget."""
     max_concurrent: int = 0
     """Tune trials run at once, each training segments one after another (0: as many as the
     cluster's CPUs/GPUs fit)."""

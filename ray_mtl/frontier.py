@@ -11,6 +11,8 @@ task ``high`` or ``low`` means the mean over that group of tasks (each task at i
 when ``at="best"``), which is how a five-task space is drawn in two dimensions. Internally every
 axis is turned into "lower is better" by multiplying with ``-sense``. Non-finite values (a
 diverged run's last evaluation) are never points, and a diverged trial is never on a front.
+Default axes: each task's dev cross-entropy for translation, its dev bits per byte for lm
+(``primary_metric``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ray_mtl.results import CONFIG_COLUMNS, GROUPS, KEY, METRIC_COLUMNS, SCHEMA
 if TYPE_CHECKING:
     from ray_mtl.results import Results
 
-SENSES = {"ce": -1, "loss": -1, "bleu": 1, "chrf": 1}
+SENSES = {"ce": -1, "bpb": -1, "ppl": -1, "loss": -1, "bleu": 1, "chrf": 1}
 
 Axis = tuple[str, str]
 At = Literal["best", "final"]
@@ -76,13 +78,20 @@ def axis_name(axis: Axis) -> str:
     return f"{axis[0]}/{axis[1]}"
 
 
-def default_axes(results: Results, metric: str = "ce") -> list[Axis]:
-    """Dev ``metric`` of each task, high-resource tasks first."""
+def primary_metric(results: Results) -> str:
+    """What a sweep's fronts are drawn in by default: cross-entropy for translation, bits per
+    byte (comparable across languages and tokenizers) for lm."""
+    return "bpb" if results.kind == "lm" else "ce"
+
+
+def default_axes(results: Results, metric: str | None = None) -> list[Axis]:
+    """Dev ``metric`` (default ``primary_metric``) of each task, high-resource tasks first."""
+    metric = metric or primary_metric(results)
     return [(t, metric) for t in results.tasks["high"] + results.tasks["low"]]
 
 
 def senses(axes: list[str | Axis]) -> list[int]:
-    """-1 where lower is better (ce, loss), +1 where higher is better (bleu, chrf)."""
+    """-1 where lower is better (ce, bpb, ppl, loss), +1 where higher is better (bleu, chrf)."""
     return [SENSES[parse_axis(a)[1]] for a in axes]
 
 

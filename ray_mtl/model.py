@@ -1,19 +1,25 @@
-"""Encoder-decoder Transformer for translation, and its decoding (greedy and beam search).
+"""Transformers: encoder-decoder for translation (with greedy and beam decoding), decoder-only
+for language modelling.
 
     model = Transformer(ModelConfig(preset="small"), vocab_size=8000)
     logits = model(src, tgt_in)                      # [B, T, V]; tgt_in = [BOS] + tgt[:-1]
     loss_sum, n_tokens = loss_fn(logits, tgt_out)    # summed, so ranks/tasks can be averaged
     hyps = translate(model, src, beam_size=4)        # list of id lists, without BOS/EOS
+    lm = DecoderLM(ModelConfig(preset="gpt2"), vocab_size=32000)
+    logits = lm(tgt_in)                              # [B, T, V]; tgt_in = [BOS] + doc[:-1]
+    model = new_model("lm", cfg, vocab_size)         # the model of a task kind
 
 Pre-LN blocks, one embedding matrix shared by source, target and the output projection,
-sinusoidal positions (no parameters), and ``F.scaled_dot_product_attention`` everywhere. Every
+sinusoidal positions (no parameters), and ``F.scaled_dot_product_attention`` everywhere (the
+LM's layers are the encoder's, causal, and it ends in the same tied projection). Every
 parameter takes part in ``forward`` (DDP without ``find_unused_parameters``); nothing in
 ``forward`` breaks ``torch.compile`` or bf16 autocast. Decoding feeds one token at a time through
 a key/value cache.
 
 Token ids (``ray_mtl.data.tokenizer``): PAD 0 (ignored by the loss and masked out of attention),
-BOS 2, EOS 3. Sequences are right-padded. Packed rows (several pairs per row, see ``sampler``)
-come with segment ids: attention stays within a pair and positions restart at each pair.
+BOS 2, EOS 3. Sequences are right-padded. Packed rows (several pairs or documents per row, see
+``sampler``) come with segment ids: attention stays within a pair or document and positions
+restart at each.
 
 Precision and mode policy, for training and evaluation alike: ``autocast(device)`` (bf16 on
 CUDA, off elsewhere; losses are computed in float32) and ``eval_mode(model)`` (no dropout, no
@@ -85,7 +91,10 @@ class MLP(nn.Module):
         return self.down(F.gelu(self.up(x)))
 
 
-class EncoderLayer(nn.Module):
+class Block(nn.Module):
+    """Pre-LN self-attention and feed-forward: an encoder layer, or (causal) a layer of the
+    decoder-only LM."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model)
@@ -94,9 +103,12 @@ class EncoderLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool = False
+    ) -> torch.Tensor:
         h = self.ln1(x)
-        x = x + self.drop(self.attn(h, self.attn.project_kv(h), mask=mask))
+        kv = self.attn.project_kv(h)
+        x = x + self.drop(self.attn(h, kv, mask=mask, is_causal=is_causal))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -165,20 +177,19 @@ def sinusoids(length: int, dim: int) -> torch.Tensor:
     return table
 
 
-class Transformer(nn.Module):
+class _Tied(nn.Module):
+    """What both models share: the token embedding, which is also the output projection after
+    ``decoder_ln``, the fixed positions, and the initialisation."""
+
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(vocab_size, cfg.d_model)
         self.register_buffer("pos", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
-        self.encoder_ln = nn.LayerNorm(cfg.d_model)
-        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
-        self.decoder_ln = nn.LayerNorm(cfg.d_model)
-        self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
+        # Called by the subclass once every layer exists (layers register in the same order).
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.02)
         elif isinstance(module, nn.Embedding):
@@ -191,6 +202,27 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {end} tokens exceeds model max_len={self.cfg.max_len}")
         pos = self.pos[start:end] if seg is None else self.pos[segment_positions(seg)]
         return self.drop(self.embed(ids) * math.sqrt(self.cfg.d_model) + pos)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        # Tied weights: scale back by 1/sqrt(d_model) (as T5 does), so that logits start near
+        # zero instead of favouring a copy of the input token.
+        x = self.decoder_ln(x) * self.cfg.d_model**-0.5
+        return F.linear(x, self.embed.weight)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class Transformer(_Tied):
+    """The encoder-decoder of translation."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__(cfg, vocab_size)
+        self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.encoder_layers))
+        self.encoder_ln = nn.LayerNorm(cfg.d_model)
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.decoder_ln = nn.LayerNorm(cfg.d_model)
+        self.apply(self._init_weights)
 
     def encode(
         self, src: torch.Tensor, seg: torch.Tensor | None = None
@@ -222,12 +254,6 @@ class Transformer(nn.Module):
             x = layer(x, memory, mask, None if cache is None else cache[i])
         return self._logits(x)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        # Tied weights: scale back by 1/sqrt(d_model) (as T5 does), so that logits start near
-        # zero instead of favouring a copy of the input token.
-        x = self.decoder_ln(x) * self.cfg.d_model**-0.5
-        return F.linear(x, self.embed.weight)
-
     def forward(
         self,
         src: torch.Tensor,
@@ -250,8 +276,32 @@ class Transformer(nn.Module):
     def new_cache(self) -> Cache:
         return [{} for _ in self.decoder]
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+
+class DecoderLM(_Tied):
+    """The decoder-only language model: ``decoder_layers`` causal self-attention blocks."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__(cfg, vocab_size)
+        self.decoder = nn.ModuleList(Block(cfg) for _ in range(cfg.decoder_layers))
+        self.decoder_ln = nn.LayerNorm(cfg.d_model)
+        self.apply(self._init_weights)
+
+    def forward(self, ids: torch.Tensor, seg: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V] of the next token at every position of ``ids`` [B, T] (right-padded;
+        with ``seg`` [B, T], packed rows: attention within a document, positions per document)."""
+        mask = None  # unpacked: causal alone (padding is only ever after a row's tokens)
+        if seg is not None:
+            causal = torch.ones(ids.size(1), ids.size(1), dtype=torch.bool, device=ids.device)
+            mask = same_segment(seg, seg) & causal.tril()
+        x = self._embed(ids, seg=seg)
+        for layer in self.decoder:
+            x = layer(x, mask, is_causal=mask is None)
+        return self._logits(x)
+
+
+def new_model(kind: str, cfg: ModelConfig, vocab_size: int) -> Transformer | DecoderLM:
+    """The model of a task kind: the encoder-decoder for translation, the decoder-only LM for lm."""
+    return (DecoderLM if kind == "lm" else Transformer)(cfg, vocab_size)
 
 
 def loss_fn(

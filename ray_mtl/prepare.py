@@ -3,6 +3,7 @@
     python -m ray_mtl.prepare                                   # eng-fra, eng-ron (the defaults)
     python -m ray_mtl.prepare --tasks eng-fra,eng-ron,eng-ind --vocab-size 8000
     python -m ray_mtl.prepare --config data.yaml --out-dir /tmp/prep --max-pairs 5000 --strict
+    python -m ray_mtl.prepare --kind lm --tasks fra,deu,spa,ron,ind         # languages, for an LM
 
 Prints the per-task counts and the prepared dir (pass it to training, or give the same config:
 a second run reuses the cache). Flags override the YAML (a DataConfig). Corpora come from
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_mtl.config import DataConfig, from_dict, load_yaml, to_dict
+from ray_mtl.config import KINDS, DataConfig, from_dict, load_yaml, to_dict
 from ray_mtl.data import prepare, table
 from ray_mtl.errors import cli
 
@@ -24,7 +25,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m ray_mtl.prepare", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--tasks", help="comma-separated task names, e.g. eng-fra,eng-ron")
+    p.add_argument("--tasks", help="comma-separated task names, e.g. eng-fra,eng-ron (lm: fra,ron)")
+    p.add_argument("--kind", choices=KINDS, help="translation (pairs, the default) or lm")
     p.add_argument("--config", help="a YAML file with DataConfig fields")
     p.add_argument("--data-dir", help="corpus root (holds tatoeba/)")
     p.add_argument("--out-dir", help="where prepared data goes (default $RAY_MTL_CACHE)")
@@ -46,6 +48,7 @@ def config(args: argparse.Namespace) -> DataConfig:
         vocab_size=args.vocab_size,
         max_pairs=args.max_pairs,
         strict=args.strict or None,
+        kind=args.kind,
     )
     if args.tasks is not None:
         flags["tasks"] = [t.strip() for t in args.tasks.split(",")]

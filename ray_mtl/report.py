@@ -30,6 +30,7 @@ from ray_mtl.frontier import (
     frontier,
     pareto_mask,
     parse_axis,
+    primary_metric,
     senses,
     trial_curves,
     trial_points,
@@ -40,6 +41,8 @@ from ray_mtl.storage import ensure_writable_dir, join, list_dir, write_bytes, wr
 
 METRIC_LABELS = {
     "ce": "cross-entropy (nats, lower is better)",
+    "bpb": "bits per byte (lower is better)",
+    "ppl": "perplexity per token (lower is better)",
     "loss": "training loss (nats, lower is better)",
     "bleu": "BLEU (higher is better)",
     "chrf": "chrF (higher is better)",
@@ -85,9 +88,11 @@ def axis_label(results: Results, axis: Axis, split: str = "dev") -> str:
 
 
 def front_metrics(results: Results) -> list[str]:
-    """Dev metrics to draw fronts for: CE, then chrF and BLEU where recorded."""
+    """Dev metrics to draw fronts for: CE, then chrF and BLEU where recorded; for lm, bits per
+    byte, then perplexity."""
     dev = set(results.metrics.loc[results.metrics["split"] == "dev", "metric"])
-    return [m for m in ("ce", "chrf", "bleu") if m in dev]
+    order = ("bpb", "ppl") if results.kind == "lm" else ("ce", "chrf", "bleu")
+    return [m for m in order if m in dev]
 
 
 def _staircase(values: np.ndarray, sense: list[int]) -> np.ndarray:
@@ -130,17 +135,20 @@ def plot_fronts(
     axes: list[str | Axis] | None = None,
     curves: pd.DataFrame | None = None,
 ) -> Figure:
-    """Per-method Pareto fronts, high- vs low-resource, for dev CE (and chrF/BLEU when present).
+    """Per-method Pareto fronts, high- vs low-resource, for dev CE (and chrF/BLEU when present;
+    lm: bits per byte and perplexity).
 
     Every trial is a point; dominated ones are faded, unfinished ones hollow; each front is a
     staircase; dashed, where a method has several seeds, its median attainment front: what at
     least half of the seeds' fronts reach (``stats.attainment_front``). With several low-resource
-    tasks, one extra CE panel per low-resource task. Two ``axes`` draw that pair only.
+    tasks, one extra panel (CE, lm: bits per byte) per low-resource task. Two ``axes`` draw that
+    pair only.
     """
     curves = trial_curves(results) if curves is None else curves
     panels = [[("high", m), ("low", m)] for m in front_metrics(results)]
     if len(results.tasks["low"]) > 1:
-        panels += [[("high", "ce"), (t, "ce")] for t in results.tasks["low"]]
+        m = primary_metric(results)
+        panels += [[("high", m), (t, m)] for t in results.tasks["low"]]
     if axes and len(axes) == 2:
         panels = [[parse_axis(a) for a in axes]]
     ncols = min(len(panels), 3)
@@ -150,6 +158,7 @@ def plot_fronts(
         ax = fig.add_subplot(nrows, ncols, i + 1)
         _draw_front(ax, results, trial_points(results, axes, at, curves=curves), axes)
         short = {"ce": "cross-entropy", "chrf": "chrF", "bleu": "BLEU", "loss": "loss"}
+        short |= {"bpb": "bits per byte", "ppl": "perplexity"}
         ax.set_title(f"dev {short[axes[1][1]]}, {at} value per task")
         ax.legend(fontsize=8, title="method (faded: dominated, hollow: partial)", title_fontsize=7)
     fig.suptitle(f"Pareto fronts per method (each panel's on its own two axes)\n{title(results)}")
@@ -187,7 +196,8 @@ def plot_curves(
     max_trials: int = 6,
     curves: pd.DataFrame | None = None,
 ) -> Figure:
-    """Dev CE (and training loss, where logged per task) over steps, per task, for some trials."""
+    """Dev CE (lm: bits per byte), and training loss where logged per task, over steps, per task,
+    for some trials."""
     curves = trial_curves(results) if curves is None else curves
     trials = trials or default_curve_trials(results, max_trials=max_trials)
     config = results.trials.set_index("trial")
@@ -195,7 +205,7 @@ def plot_curves(
     if unknown:
         raise UserError(f"trials {unknown}: not in {results.file('trials.parquet')}")
     tasks = results.tasks["high"] + results.tasks["low"]
-    rows = [("dev", "ce")]
+    rows = [("dev", primary_metric(results))]
     if ((curves["metric"] == "loss") & curves["task"].isin(tasks)).any():
         rows.append(("train", "loss"))
     panels = [(split, metric, task) for split, metric in rows for task in tasks]
@@ -282,9 +292,10 @@ def plot_rates(results: Results, curves: pd.DataFrame | None = None) -> Figure:
 def plot_length_effect(
     results: Results, at: At = "best", curves: pd.DataFrame | None = None
 ) -> Figure:
-    """Low-resource dev CE against pre-training length L, one line per w, per method with L."""
+    """Low-resource dev CE (lm: bits per byte) against pre-training length L, one line per w, per
+    method with L."""
     curves = trial_curves(results) if curves is None else curves
-    axis = ("low", "ce")
+    axis = ("low", primary_metric(results))
     pts = trial_points(results, [axis], at, curves=curves)
     col = axis_name(axis)
     pts = pts[pts[col].notna()]
@@ -348,8 +359,10 @@ def summary_text(fr: dict) -> list[str]:
     ref = ", ".join(f"{a} {r:.3g}" for a, r in zip(fr["axes"], fr["reference_point"], strict=True))
     hv = {m: v["hypervolume"] for m, v in fr["methods"].items()}
     ranked = sorted(hv, key=hv.get, reverse=True)
+    metrics = dict.fromkeys(a.rsplit("/", 1)[-1] for a in fr["axes"])
+    what = "; ".join(METRIC_LABELS.get(m, m) for m in metrics)
     out = [
-        f"Axes: {', '.join(fr['axes'])} (dev, {fr['at']} value per task); "
+        f"Axes: {', '.join(fr['axes'])} (dev {what}, {fr['at']} value per task); "
         f"reference point {ref} ({fr.get('reference_rule', '')}).",
         "Hypervolume, higher is better: "
         + ", ".join(f"{m} {hv[m]:.4g}" for m in ranked)
@@ -475,7 +488,21 @@ def front_table(fr: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _html(results: Results, fr: dict, images: dict[str, bytes]) -> str:
+def perplexity_table(
+    results: Results, fr: dict, curves: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """lm: each front member's dev perplexity per language (per token of the sweep's tokenizer),
+    at the same point per task (best or final) as the front; empty for translation."""
+    if results.kind != "lm":
+        return pd.DataFrame()
+    tasks = results.tasks["high"] + results.tasks["low"]
+    pts = trial_points(results, [(t, "ppl") for t in tasks], fr["at"], curves=curves)
+    members = [m["trial"] for v in fr["methods"].values() for m in v["front"]]
+    pts = pts.set_index("trial").loc[members].reset_index()
+    return pts[["trial", "method", *(axis_name((t, "ppl")) for t in tasks)]]
+
+
+def _html(results: Results, fr: dict, images: dict[str, bytes], curves=None) -> str:
     figs = "\n".join(
         f'<h2>{FIGURES[name]}</h2>\n<a href="{name}.png"><img alt="{name}.png" '
         f'style="max-width:100%" src="data:image/png;base64,{base64.b64encode(png).decode()}"></a>'
@@ -487,6 +514,10 @@ def _html(results: Results, fr: dict, images: dict[str, bytes]) -> str:
         t.to_html(index=False, na_rep="", float_format="{:.4g}".format)
         for t in statistics_tables(fr)
     )
+    ppl = perplexity_table(results, fr, curves)
+    if not ppl.empty:
+        ppl = ppl.to_html(index=False, na_rep="", float_format="{:.4g}".format)
+        table += f"\n<h2>Perplexity of the frontier points (dev, per token)</h2>{ppl}"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title(results))}</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:auto}}
@@ -562,7 +593,7 @@ def build_report(
         write_bytes(join(out, f"{name}.png"), images[name])
     write_text(join(out, "frontier.json"), json.dumps(fr, indent=2, sort_keys=True) + "\n")
     page = join(out, "index.html")
-    write_text(page, _html(results, fr, images))
+    write_text(page, _html(results, fr, images, curves))
     return page if "://" in page else Path(page)
 
 

@@ -280,6 +280,8 @@ class Results:
     signatures: dict[str, list[str]] = field(default_factory=dict)
     """Metric (``bleu``, ``chrf``) -> sacrebleu's signatures of its values (one, unless the
     segments were scored by different sacrebleu versions or settings)."""
+    kind: str = "translation"
+    """The space's task kind: translation, or lm (languages, measured in bits per byte)."""
 
     @property
     def finished(self) -> int:
@@ -362,7 +364,9 @@ def load_results(sweep: str | Path) -> Results:
     tasks = {g: [str(t) for t in tasks[g]] for g in GROUPS}
     trials = trials.assign(trial=trials["trial"].astype(str))
     segments = sorted(set(metrics["segment"].astype(str)))
-    return Results(sweep, name, tasks, metrics, trials, live, sweep_signatures(sweep, segments))
+    signatures = sweep_signatures(sweep, segments)
+    kind = str(space.get("kind") or "translation")
+    return Results(sweep, name, tasks, metrics, trials, live, signatures, kind)
 
 
 def sweep_signatures(sweep: str, segments: list[str]) -> dict[str, list[str]]:

@@ -21,6 +21,11 @@ target tokens (first fit among the 8 newest rows), ``batch_tokens // (2 N)`` row
 per batch. Every batch has the same shape, which is what ``torch.compile`` and a GPU want; the
 ``src_seg``/``tgt_seg`` ids say which pair each position belongs to.
 
+Language modelling: a task's sources are None, its examples are documents (rows of ids ending
+with EOS) and they go where targets go: ``tgt_in`` is BOS then the document shifted, ``tgt_out``
+the document, ``src`` is None; packed rows hold N document tokens, ``batch_tokens // N`` per
+batch, documents separated by their EOS and told apart by ``tgt_seg``.
+
 DDP: ``batch_tokens`` is the global budget. Every rank simulates the same global stream and
 takes rows ``[rank::world_size]`` of each global batch, so 2 ranks see exactly the examples of
 1 rank with the same budget (a global batch always has at least ``world_size`` examples).
@@ -74,8 +79,8 @@ def length_batches(
 class Batch:
     """One rank's share of a global batch; PAD=0 pads every row."""
 
-    src: torch.Tensor
-    """[B, S] source ids."""
+    src: torch.Tensor | None
+    """[B, S] source ids; None for documents (language modelling)."""
     tgt_in: torch.Tensor
     """[B, T] decoder input: BOS then the target without its last token."""
     tgt_out: torch.Tensor
@@ -88,6 +93,18 @@ class Batch:
     """Packed rows only, [B, S]: 1, 2, ... for the row's first, second, ... pair; 0 at PAD."""
     tgt_seg: torch.Tensor | None = None
     """Packed rows only, [B, T]: as ``src_seg``, for the targets."""
+
+    def model_inputs(self) -> tuple[torch.Tensor | None, ...]:
+        """The model's arguments: (src, tgt_in, src_seg, tgt_seg) for pairs (the encoder-decoder),
+        (tgt_in, tgt_seg) for documents (the decoder-only LM)."""
+        if self.src is None:
+            return self.tgt_in, self.tgt_seg
+        return self.src, self.tgt_in, self.src_seg, self.tgt_seg
+
+    @property
+    def real_tokens(self) -> int:
+        """Non-pad tokens, source and target: what tokens/s counts."""
+        return self.n_tokens + (0 if self.src is None else int((self.src != PAD).sum()))
 
     def to(self, device: torch.device) -> Batch:
         """The tensors on ``device``; from pinned memory and without waiting on a GPU."""
@@ -128,8 +145,10 @@ class _Task:
     """One task's examples, and its stream: a fresh seeded permutation every epoch."""
 
     def __init__(self, name: str, src: Any, tgt: Any, seed: int) -> None:
-        self.src, self.src_off = _flat(src)
         self.tgt, self.tgt_off = _flat(tgt)
+        # Documents have no source: every source is empty.
+        empty = (np.zeros(0, np.int64), np.zeros(len(self.tgt_off), np.int64))
+        self.src, self.src_off = empty if src is None else _flat(src)
         self.n = len(self.src_off) - 1
         if self.n != len(self.tgt_off) - 1:
             raise UserError(f"task {name}: {self.n} source rows but {len(self.tgt_off) - 1} target")
@@ -158,8 +177,8 @@ class MixtureSampler:
     """Token-budgeted batches from a mixture of tasks; deterministic given seed, rank, world_size.
 
     ``tasks`` maps a task to its (source id lists, target id lists): pyarrow list columns
-    (read zero-copy) or Python lists. Targets end with EOS. ``task_ids`` in a Batch index
-    ``self.tasks`` (the order of ``tasks``).
+    (read zero-copy) or Python lists; sources None for documents (every task alike). Targets end
+    with EOS. ``task_ids`` in a Batch index ``self.tasks`` (the order of ``tasks``).
     """
 
     OPEN_ROWS = 8
@@ -179,6 +198,9 @@ class MixtureSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.tasks = list(tasks)
+        self.documents = all(src is None for src, _ in tasks.values())
+        if not self.documents and any(src is None for src, _ in tasks.values()):
+            raise ValueError("sources: expected id lists for every task, or None for every task")
         self._data = [_Task(name, src, tgt, seed) for name, (src, tgt) in tasks.items()]
         self.batch_tokens = batch_tokens
         self.seed = seed
@@ -187,7 +209,8 @@ class MixtureSampler:
         self.pool_batches = pool_batches
         self.pack_length = pack_length
         # Packed: rows per global batch, a multiple of world_size so every rank has the same shape.
-        rows = max(1, batch_tokens // (2 * pack_length)) if pack_length else 0
+        sides = 1 if self.documents else 2
+        rows = max(1, batch_tokens // (sides * pack_length)) if pack_length else 0
         self._rows = -(-rows // world_size) * world_size
         self._examples = [0] * len(self.tasks)  # delivered (whole global batch), for accounting
         self._tokens = [0] * len(self.tasks)
@@ -237,9 +260,12 @@ class MixtureSampler:
                 i = task.peek()
                 s, t = int(task.src_len[i]), int(task.tgt_len[i])
                 if s > n or t > n:
+                    longest = (
+                        f"document row ({t}" if self.documents else f"pair ({s} source, {t} target"
+                    )
                     raise UserError(
-                        f"pack_length: expected at least the longest pair ({s} source, {t} "
-                        f"target tokens in task {self.tasks[k]}), got {n}"
+                        f"pack_length: expected at least the longest {longest} tokens in task "
+                        f"{self.tasks[k]}), got {n}"
                     )
                 # First fit among the last few rows: 0.9+ of a row is tokens, at ~1 us a pair.
                 place = next((r for r in open_rows if r[1] + s <= n and r[2] + t <= n), None)
@@ -300,7 +326,7 @@ class MixtureSampler:
         for k, t in enumerate(self._data):
             sel = rows[:, 0] == k
             src_len[sel], tgt_len[sel] = t.src_len[rows[sel, 1]], t.tgt_len[rows[sel, 1]]
-        src = np.full((len(rows), src_len.max()), PAD, dtype=np.int64)
+        src = np.full((len(rows), src_len.max()), PAD, dtype=np.int64)  # [B, 0] for documents
         tgt_out = np.full((len(rows), tgt_len.max()), PAD, dtype=np.int64)
         for k, t in enumerate(self._data):
             sel = np.flatnonzero(rows[:, 0] == k)
@@ -314,7 +340,7 @@ class MixtureSampler:
         tgt_in[:, 1:] = tgt_out[:, :-1]
         tgt_in[np.arange(tgt_out.shape[1])[None, :] >= tgt_len[:, None]] = PAD
         return Batch(
-            src=torch.from_numpy(src),
+            src=None if self.documents else torch.from_numpy(src),
             tgt_in=torch.from_numpy(tgt_in),
             tgt_out=torch.from_numpy(tgt_out),
             task_ids=torch.from_numpy(np.repeat(rows[:, :1], tgt_out.shape[1], axis=1)),
@@ -354,18 +380,21 @@ class MixtureSampler:
             out[row[pair], col] = values
             return torch.from_numpy(out)
 
-        s_pair, s_col, _, s_ids = tokens("src")
         pair, col, within, ids = tokens("tgt")
-        return Batch(
-            src=grid(s_pair, s_col, s_ids),
+        batch = Batch(
+            src=None,
             # Decoder input per pair: BOS, then the pair's target shifted right by one.
             tgt_in=grid(pair, col, np.where(within == 0, BOS, np.roll(ids, 1))),
             tgt_out=grid(pair, col, ids),
             task_ids=grid(pair, col, pairs[pair, 0], fill=0),
             n_tokens=len(ids),
-            src_seg=grid(s_pair, s_col, nth[s_pair] + 1, fill=0),
             tgt_seg=grid(pair, col, nth[pair] + 1, fill=0),
         )
+        if not self.documents:
+            s_pair, s_col, _, s_ids = tokens("src")
+            batch.src = grid(s_pair, s_col, s_ids)
+            batch.src_seg = grid(s_pair, s_col, nth[s_pair] + 1, fill=0)
+        return batch
 
     # -- state and accounting -----------------------------------------------------------------
 

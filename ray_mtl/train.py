@@ -4,8 +4,11 @@
 
 ``train(cfg, worker, report)`` is the whole loop, in one place: phases with optimizer/LR resets,
 the task-mixture sampler, DDP (gloo on CPU, nccl + bf16 autocast on GPU), evaluation with
-per-task best tracking, and checkpoints at fork steps. Around it, named pieces: ``setup_model``,
-``new_optimizer``, ``BestPerTask``, ``evaluate_split`` and the checkpoint state
+per-task best tracking, and checkpoints at fork steps. It serves both task kinds: ``cfg.kind``
+chooses the model (``model.new_model``: encoder-decoder or decoder-only), the batches' inputs
+(``Batch.model_inputs``) and the evaluation (BLEU/chrF or bits per byte); the loss is the same
+per-token cross-entropy of ``tgt_out`` (targets, or documents). Around it, named pieces:
+``setup_model``, ``new_optimizer``, ``BestPerTask``, ``evaluate_split`` and the checkpoint state
 (``ray_mtl.checkpoint``). ``run(cfg)`` runs it here with world size 1 and no Ray at all (how the
 GPU path is checked on a machine that has torch but not Ray); ``ray_mtl.ray_train`` runs it on N
 Ray Train workers, one segment after another as a sweep hands them out (``train_chain``).
@@ -34,8 +37,8 @@ from ray_mtl import checkpoint
 from ray_mtl import data as data_lib
 from ray_mtl.config import TrainConfig, check, load, to_dict
 from ray_mtl.errors import UserError, cli
-from ray_mtl.evaluate import evaluate_task
-from ray_mtl.model import Transformer, autocast, token_losses
+from ray_mtl.evaluate import evaluate_lm, evaluate_task
+from ray_mtl.model import autocast, new_model, token_losses
 from ray_mtl.plan import eval_and_checkpoint_steps
 from ray_mtl.rates import rates
 from ray_mtl.sampler import MixtureSampler
@@ -82,7 +85,7 @@ def setup_model(cfg: TrainConfig, worker: Worker, vocab_size: int):
         # 64k-token batches, eager) it ran 434k tok/s against 914k with the efficient kernel.
         # Compiled, it measured the other way round (797k with cuDNN, 417k without).
         torch.backends.cuda.enable_cudnn_sdp(cfg.compile)
-    raw_model = Transformer(cfg.model, vocab_size).to(worker.device)
+    raw_model = new_model(cfg.kind, cfg.model, vocab_size).to(worker.device)
     model = raw_model  # evaluation, decoding and checkpoints use the plain module
     if worker.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -111,9 +114,8 @@ def new_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optim
 
 def new_sampler(cfg: TrainConfig, prepared: data_lib.Prepared, worker: Worker) -> MixtureSampler:
     """The sampler over every task's training shard, at the first phase's rates."""
-    shards = {t: prepared.shard(t, "train") for t in prepared.tasks}
     return MixtureSampler(
-        {t: (s.column("src"), s.column("tgt")) for t, s in shards.items()},
+        {t: prepared.sequences(t) for t in prepared.tasks},
         rates=rates(prepared.sizes, cfg.phases[0].mixture),
         batch_tokens=cfg.batch_tokens,
         seed=cfg.seed,
@@ -132,16 +134,22 @@ def evaluate_split(cfg, model, prepared, split, device, tasks=None) -> dict[str,
     """``split/task/metric`` of each task (``evaluate_task`` sets eval mode and autocast)."""
     out: dict[str, float] = {}
     for t in tasks or prepared.tasks:
-        res = evaluate_task(
-            model,
-            prepared.shard(t, split),
-            prepared.decode,
-            eval_pairs=cfg.eval.pairs,
-            bleu_pairs=cfg.eval.bleu_pairs,
-            batch_tokens=cfg.batch_tokens,
-            beam_size=cfg.eval.beam_size,
-            device=device,
-        )
+        table = prepared.shard(t, split)
+        if cfg.kind == "lm":
+            res = evaluate_lm(
+                model, table, eval_rows=cfg.eval.pairs, batch_tokens=cfg.batch_tokens, device=device
+            )
+        else:
+            res = evaluate_task(
+                model,
+                table,
+                prepared.decode,
+                eval_pairs=cfg.eval.pairs,
+                bleu_pairs=cfg.eval.bleu_pairs,
+                batch_tokens=cfg.batch_tokens,
+                beam_size=cfg.eval.beam_size,
+                device=device,
+            )
         for k, v in res.items():
             out[f"{split}/{t}/{k}"] = v
     return out
@@ -253,7 +261,7 @@ def train(
         batch = sampler.next_batch()
         # Counted on the host and copied from pinned memory: nothing in a step waits for the
         # GPU, so the sampler builds the next batch while this one runs.
-        tokens_seen += int((batch.src != data_lib.PAD).sum()) + batch.n_tokens
+        tokens_seen += batch.real_tokens
         batch = batch.to(worker.device)
         # Normalise by the tokens of the whole global batch so that N workers take exactly the
         # step that one worker would take on the same examples (DDP averages over ranks).
@@ -263,7 +271,7 @@ def train(
             dist.all_reduce(n_global)
             n_global = n_global.clamp(min=1)
         with mixed_precision:
-            logits = model(batch.src, batch.tgt_in, batch.src_seg, batch.tgt_seg)
+            logits = model(*batch.model_inputs())
         per_token = losses(logits, batch.tgt_out, cfg.optim.label_smoothing)
         loss = per_token.sum() * worker.world_size / n_global
         optimizer.zero_grad(set_to_none=True)
@@ -351,9 +359,12 @@ def _from_rank0(worker: Worker, fn: Callable[[], Any]) -> Any:
 def print_progress(metrics: dict[str, Any], tasks: list[str], end: int) -> None:
     parts = [f"step {metrics['step']}/{end}", f"lr {metrics['lr']:.2e}"]
     for t in tasks:
-        ce = metrics.get(f"dev/{t}/ce")
-        bleu = metrics.get(f"dev/{t}/bleu")
-        parts.append(f"{t} ce {ce:.3f}" + (f" bleu {bleu:.1f}" if bleu is not None else ""))
+        ce, bleu, bpb = (metrics.get(f"dev/{t}/{m}") for m in ("ce", "bleu", "bpb"))
+        parts.append(
+            f"{t} ce {ce:.3f}"
+            + (f" bleu {bleu:.1f}" if bleu is not None else "")
+            + (f" bpb {bpb:.3f}" if bpb is not None else "")
+        )
     parts.append(f"{metrics['tokens_per_s']:,.0f} tok/s")
     print(" | ".join(parts), flush=True)
 

@@ -318,13 +318,20 @@ def check_tasks(space: SpaceConfig, source: str) -> None:
     """Every task of the space is a shipped one or a custom task (before anything starts)."""
     from ray_mtl.data.catalog import TATOEBA_LANGS
 
-    known = [f"eng-{lang}" for lang in TATOEBA_LANGS] + [t.name for t in space.data.custom_tasks]
+    if space.kind == "lm":  # a task is a language
+        known = [*TATOEBA_LANGS, *(t.name for t in space.data.custom_languages)]
+        custom = "custom_languages"
+    else:
+        known = [f"eng-{lang}" for lang in TATOEBA_LANGS] + [
+            t.name for t in space.data.custom_tasks
+        ]
+        custom = "custom_tasks"
     for group in ("high", "low"):
         for i, task in enumerate(getattr(space.tasks, group)):
             if task not in known:
                 raise UserError(
-                    f"{source}: tasks.{group}[{i}]: unknown task {task!r} "
-                    f"(expected one of {', '.join(known)}, or a data.custom_tasks entry)"
+                    f"{source}: tasks.{group}[{i}]: unknown task {task!r} for kind "
+                    f"{space.kind!r} (expected one of {', '.join(known)}, or a data.{custom} entry)"
                 )
 
 

@@ -132,15 +132,16 @@ def ray_session(ray_tmpdir):
     ray.shutdown()
 
 
-def sized_space(tmp_path: Path, name: str, **changes) -> Path:
-    """The shipped smoke space at test size, as ``tmp_path/<name>.yaml``: the same tree (ids, steps,
-    forks) on a quarter of the tokens per step and one worker per segment, the number of processes
-    a 2-core machine starts fastest (DDP runs in ``test_train`` and the cluster test)."""
+def sized_space(tmp_path: Path, name: str, base: str = "smoke", **changes) -> Path:
+    """A shipped smoke space (``tune_spaces/<base>.yaml``) at test size, as
+    ``tmp_path/<name>.yaml``: the same tree (ids, steps, forks) on a quarter of the tokens per
+    step and one worker per segment, the fewest processes a 2-core machine has to start (DDP runs
+    in ``test_train``, ``test_lm`` and the cluster test)."""
     import yaml
 
-    space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
-    space |= {"name": name, "batch_tokens": 512}
-    space["eval"] |= {"pairs": 64, "bleu_pairs": 16}
+    space = yaml.safe_load((ROOT / "tune_spaces" / f"{base}.yaml").read_text())
+    space |= {"name": name, "batch_tokens": space["batch_tokens"] // 4}
+    space["eval"] |= {"pairs": 64} | ({} if space.get("kind") == "lm" else {"bleu_pairs": 16})
     space["resources"] = {"num_workers": 1, "cpus_per_worker": 0.9}
     for key, value in changes.items():
         space[key] = space[key] | value if isinstance(value, dict) else value
@@ -162,6 +163,18 @@ def smoke_sweep(ray_session, shared_data, tmp_path_factory) -> Path:
     space = sized_space(storage, "smoke")
     assert main(["--space", str(space), "--storage", f"file://{storage}"]) == 0
     return storage / "smoke"
+
+
+@pytest.fixture(scope="session")
+def lm_smoke_sweep(ray_session, shared_data, tmp_path_factory) -> Path:
+    """The language-model smoke sweep (``tune_spaces/lm_smoke.yaml`` at test size:
+    ``sized_space``), run once per session through the real CLI entry point; returns its dir."""
+    from ray_mtl.tune import main
+
+    storage = tmp_path_factory.mktemp("lm_sweeps")
+    space = str(sized_space(storage, "lm_smoke", base="lm_smoke"))
+    assert main(["--space", space, "--storage", str(storage)]) == 0
+    return storage / "lm_smoke"
 
 
 # Real Tatoeba pairs, a SentencePiece model trained on them, and a tiny model that memorised 32 of
@@ -205,15 +218,22 @@ def overfit(pairs, sp):
 @pytest.fixture(scope="session")
 def data_cfg(shared_data, tmp_path_factory):
     """Real prepared data for training tests: eng-fra + eng-ron, 3,000 lines each, vocab 500."""
+    return prepared_slices(shared_data, tmp_path_factory, tasks=["eng-fra", "eng-ron"])
+
+
+def prepared_slices(shared_data: Path, tmp_path_factory, **cfg):
+    """A DataConfig over the first 3,000 lines of each shipped file, vocab 500, prepared here."""
     from ray_mtl.config import DataConfig
     from ray_mtl.data import prepare
 
-    cfg = DataConfig(
-        tasks=["eng-fra", "eng-ron"],
-        data_dir=str(shared_data),
-        max_pairs=3000,
-        vocab_size=500,
-        out_dir=str(tmp_path_factory.mktemp("prepared")),
-    )
-    prepare(cfg, verbose=False)
-    return cfg
+    out = str(tmp_path_factory.mktemp("prepared"))
+    data = DataConfig(data_dir=str(shared_data), max_pairs=3000, vocab_size=500, out_dir=out, **cfg)
+    prepare(data, verbose=False)
+    return data
+
+
+@pytest.fixture(scope="session")
+def lm_data_cfg(shared_data, tmp_path_factory):
+    """Real prepared languages for LM tests: the French and Romanian sides of the first 3,000
+    lines of eng-fra and eng-ron, vocab 500."""
+    return prepared_slices(shared_data, tmp_path_factory, kind="lm", tasks=["fra", "ron"])

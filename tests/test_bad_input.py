@@ -262,6 +262,75 @@ def case_prepare_full_out_dir(ctx):
     return "prepare", argv, ["full/", "no space left on device", "expected"]
 
 
+# ----------------------------------------------------------------------------- prepare, kind lm
+
+
+def romanian(ctx: Ctx, n: int) -> list[str]:
+    return [line.split(b"\t")[1].decode().strip() for line in real_lines(ctx, n).splitlines()]
+
+
+def custom_language(ctx: Ctx, train_file: str, **spec) -> str:
+    lang = dict(name="my-ron", train=[train_file], **spec)
+    doc = {"kind": "lm", "tasks": ["my-ron"], "custom_languages": [lang]}
+    return ctx.write("data.yaml", json.dumps(doc))
+
+
+def jsonl(docs: list) -> str:
+    return "".join(json.dumps(d) + "\n" for d in docs)
+
+
+def case_prepare_jsonl_line_not_json_strict(ctx):
+    docs = jsonl([{"text": t} for t in romanian(ctx, 2)]) + '{"text": "Bună ziua\n'
+    path = ctx.write("docs.jsonl", docs + jsonl([{"text": t} for t in romanian(ctx, 5)]))
+    cfg = custom_language(ctx, path)
+    argv = prepare_argv(ctx, "--config", cfg, "--strict", "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["docs.jsonl:3: not a JSON object"]
+
+
+def case_prepare_jsonl_without_the_text_field(ctx):
+    path = ctx.write("docs.jsonl", jsonl([{"content": t} for t in romanian(ctx, 50)]))
+    argv = prepare_argv(
+        ctx, "--config", custom_language(ctx, path), "--out-dir", str(ctx.tmp / "o")
+    )
+    return "prepare", argv, ["docs.jsonl: no valid document in 50 lines", "field 'text'"]
+
+
+def case_prepare_jsonl_line_without_the_text_field_strict(ctx):
+    docs = [{"text": t} for t in romanian(ctx, 3)] + [{"body": "Salut"}]
+    path = ctx.write("docs.jsonl.gz", gzip.compress(jsonl(docs).encode()))
+    cfg = custom_language(ctx, path)
+    argv = prepare_argv(ctx, "--config", cfg, "--strict", "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["docs.jsonl.gz:4: no string field 'text'"]
+
+
+def case_prepare_parquet_without_the_text_column(ctx):
+    import pyarrow as pa
+
+    path = ctx.tmp / "docs.parquet"
+    pq.write_table(pa.table({"body": romanian(ctx, 20)}), path)
+    cfg = custom_language(ctx, str(path), text_field="text")
+    argv = prepare_argv(ctx, "--config", cfg, "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["docs.parquet: column 'text' not found", "body"]
+
+
+def case_prepare_language_empty_after_decontamination(ctx):
+    path = ctx.write("ro.txt", "".join(t + "\n" for t in romanian(ctx, 300)))
+    cfg = custom_language(ctx, path, test=[path])
+    argv = prepare_argv(ctx, "--config", cfg, "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["language my-ron (", "ro.txt", "0 training documents left"]
+
+
+def case_prepare_language_of_unknown_format(ctx):
+    path = ctx.write("ro.csv", "".join(t + "\n" for t in romanian(ctx, 30)))
+    argv = prepare_argv(ctx, "--config", custom_language(ctx, path), "--out-dir", str(ctx.tmp))
+    return "prepare", argv, ["ro.csv: unknown format", ".jsonl.gz"]
+
+
+def case_prepare_lm_of_a_translation_task(ctx):
+    argv = prepare_argv(ctx, "--kind", "lm", "--tasks", "fra,eng-ron", "--out-dir", str(ctx.tmp))
+    return "prepare", argv, ["tasks[1]: unknown language 'eng-ron' for kind 'lm'", "ron"]
+
+
 # ----------------------------------------------------------------------------- train
 
 
@@ -401,6 +470,36 @@ def case_tune_pack_length_shorter_than_pairs(ctx):
 def case_train_pack_length_beyond_positions(ctx):
     path = ctx.train_yaml(lambda c: set_in(c, "pack_length", 512))
     return "train", ["--config", path], ["pack_length: expected", "model.max_len=128", "512"]
+
+
+def lm_space(s: dict) -> None:
+    s.update(kind="lm", tasks={"high": ["fra"], "low": ["ron"]})
+
+
+def case_tune_lm_with_a_beam(ctx):
+    path = ctx.space_yaml(lambda s: (lm_space(s), set_in(s, "eval.beam_size", 4)))
+    return "tune", ["--space", path], ["eval.beam_size: expected 1 for kind 'lm'", "got 4"]
+
+
+def case_tune_lm_with_bleu_pairs(ctx):
+    path = ctx.space_yaml(lambda s: (lm_space(s), set_in(s, "eval.bleu_pairs", 50)))
+    return "tune", ["--space", path], ["eval.bleu_pairs: expected unset or 0 for kind 'lm'", "50"]
+
+
+def case_tune_lm_with_custom_tasks(ctx):
+    task = dict(name="eng-my", src_lang="eng", tgt_lang="ron", train=[str(ctx.tmp / "x.tsv")])
+    path = ctx.space_yaml(lambda s: (lm_space(s), set_in(s, "data.custom_tasks", [task])))
+    return "tune", ["--space", path], ["data.custom_tasks: expected none for kind 'lm'", "eng-my"]
+
+
+def case_tune_lm_with_a_translation_task(ctx):
+    path = ctx.space_yaml(lambda s: (lm_space(s), set_in(s, "tasks.low", ["eng-ron"])))
+    return "tune", ["--space", path], ["tasks.low[0]: unknown task 'eng-ron' for kind 'lm'", "ind"]
+
+
+def case_tune_unknown_kind(ctx):
+    path = ctx.space_yaml(lambda s: set_in(s, "kind", "mlm"))
+    return "tune", ["--space", path], ["kind: expected 'translation' or 'lm'", "'mlm'"]
 
 
 def case_tune_unknown_key(ctx):

@@ -281,9 +281,14 @@ def ray_fit(data_cfg, tmp: Path, workers: int):
         eval=EvalConfig(every=5, pairs=32, bleu_pairs=0, test_at_end=False),
         resources=ResourcesConfig(num_workers=workers, cpus_per_worker=0.5),
     )
+    return fit_on_ray(cfg, tmp, f"w{workers}")
+
+
+def fit_on_ray(cfg: TrainConfig, tmp: Path, name: str):
+    """``cfg`` as one Ray Train run: (its result, its last checkpoint's state, its rows file)."""
     rows = tmp / "metrics.parquet"
     trainer = ray_train.ray_trainer(
-        {"seg": cfg}, f"w{workers}", str(tmp), callbacks=(ray_train.RowsCallback(str(rows)),)
+        {"seg": cfg}, name, str(tmp), callbacks=(ray_train.RowsCallback(str(rows)),)
     )
     result = trainer.fit()
     assert result.error is None

@@ -1,7 +1,7 @@
 """Tasks and where their corpora live.
 
     root = data_dir(cfg)              # --data-dir / RAY_MTL_DATA / ../shared/data / data/ / cache
-    tasks = resolve_tasks(cfg, root.path)  # DataConfig.tasks -> [Task], custom_tasks override
+    tasks = resolve(cfg, root.path)   # DataConfig.tasks -> [Task] or languages; custom override
     root.check(tasks)                 # a missing catalogue file: named, with the places looked in
 
 The catalogue is the shipped Tatoeba pairs, ``<root>/tatoeba/{train,test}/eng-XXX.tsv.gz``. The
@@ -86,6 +86,15 @@ def first_missing(tasks: list[Task]) -> Path | None:
     return next((p for p in files if not p.is_file()), None)
 
 
+def resolve(cfg: DataConfig, root: Path) -> list:
+    """``cfg``'s tasks under ``root``: translation ``Task``s, or for ``kind: lm`` languages."""
+    if cfg.kind == "lm":
+        from ray_mtl.data.text import resolve_languages  # text.py builds on this module
+
+        return resolve_languages(cfg, root)
+    return resolve_tasks(cfg, root)
+
+
 def data_dir(cfg: DataConfig) -> DataRoot:
     """The corpus root: ``--data-dir``, $RAY_MTL_DATA, ../shared/data, the slices, the cache."""
     explicit = cfg.data_dir or os.environ.get("RAY_MTL_DATA")
@@ -106,7 +115,7 @@ def data_dir(cfg: DataConfig) -> DataRoot:
         if (path / "tatoeba").is_dir():
             return DataRoot(path, "../shared/data")
     passed = [f"../shared/data ({', '.join(map(str, shared))}: absent)"]
-    lacks = first_missing(resolve_tasks(cfg, REPO_DATA))
+    lacks = first_missing(resolve(cfg, REPO_DATA))
     why = f"no {lacks.relative_to(REPO_DATA)}" if lacks else _too_short(REPO_DATA, cfg)
     if why is None:
         return DataRoot(REPO_DATA, "the in-repo slices", passed=tuple(passed))
@@ -124,7 +133,7 @@ def _too_short(root: Path, cfg: DataConfig) -> str | None:
         lines = {name: (int(f["lines"]), int(f["total"])) for name, f in files.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{manifest}: cannot read the slices' line counts ({e!r})") from None
-    for task in resolve_tasks(cfg, root):
+    for task in resolve(cfg, root):
         for path in task.train + task.test if task.catalogue else ():
             held, total = lines.get(str(path.relative_to(root / "tatoeba")), (0, 0))
             if held < total and (cfg.max_pairs or total) > held:

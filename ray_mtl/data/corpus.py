@@ -187,7 +187,7 @@ def _tsv_rows(path: Path) -> Iterator[bytes | str]:
         ) from None
 
 
-def _parquet_rows(path: Path, columns: tuple[str, str]) -> Iterator[tuple]:
+def _parquet_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple]:
     try:
         schema = pq.read_schema(path)
     except FileNotFoundError:
@@ -205,4 +205,4 @@ def _parquet_rows(path: Path, columns: tuple[str, str]) -> Iterator[tuple]:
                 f"{path}: column {name!r}: expected strings, got {schema.field(name).type}"
             )
     table = pq.read_table(path, columns=list(columns))
-    yield from zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True)
+    yield from zip(*(table.column(i).to_pylist() for i in range(len(columns))), strict=True)

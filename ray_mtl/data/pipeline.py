@@ -11,6 +11,11 @@ exactly what it depends on, so a changed input rebuilds only what it affects:
 2. tokenizer (all tasks): joint SentencePiece. Key: every task's cleaned train text + settings.
 3. encode (per task): token ids, pairs over ``max_len`` dropped. Key: clean key + tokenizer key.
 
+``kind: lm`` runs the same stages on languages (``ray_mtl.data.text``): documents instead of
+pairs (one ``text`` column, split and decontaminated alike), the tokenizer sampled per language
+with no language tags, and rows of ``ids``, ``text`` and ``bytes`` (long documents cut, not
+dropped).
+
 The result, ``<out>/prepared/<key>/`` (manifest, tokenizer, shards hard-linked from the encode
 stage), is keyed by all of them; when it exists, ``prepare`` only hashes the input files.
 """
@@ -39,11 +44,12 @@ from ray_mtl.data.catalog import (
     cache_root,
     data_dir,
     first_missing,
-    resolve_tasks,
+    resolve,
 )
-from ray_mtl.data.corpus import Pair, ReadStats, read_pairs
+from ray_mtl.data.corpus import ReadStats, read_pairs
 from ray_mtl.data.prepared import SPLITS, Prepared, load_prepared, manifest_hash
 from ray_mtl.data.splits import make_splits
+from ray_mtl.data.text import Language, document_rows, read_documents
 from ray_mtl.data.tokenizer import EOS, SETTINGS, balanced_sample, train_tokenizer
 from ray_mtl.errors import UserError
 from ray_mtl.storage import atomic_dir, atomic_write_json, ensure_writable_dir
@@ -55,10 +61,11 @@ FORMAT = 2  # 2: TSV byte-order marks and UTF-16, Parquet told by content
 def prepare(cfg: DataConfig, *, verbose: bool = True) -> Prepared:
     """Build (or reuse) the prepared data dir for ``cfg``; ``Prepared.built`` lists what ran."""
     log = _logger(verbose)
+    cfg.check_kind()
     out = ensure_writable_dir(Path(cfg.out_dir) if cfg.out_dir else cache_root(), "output dir")
     root = data_dir(cfg)
     log(f"corpora: {root.source} {root.path}")
-    tasks = resolve_tasks(cfg, root.path)
+    tasks = resolve(cfg, root.path)
     if root.is_cache:
         _download_missing(tasks, root, log)
     root.check(tasks)
@@ -108,21 +115,22 @@ def _clean_settings(cfg: DataConfig) -> dict:
     )
 
 
-def _clean(task: Task, cfg: DataConfig, stages: Path, log, built: list[str]) -> dict:
+def _columns(task: Task | Language) -> list[tuple[str, str]]:
+    """(cleaned column, its language) of a task's text: what the tokenizer samples by language."""
+    if isinstance(task, Language):
+        return [("text", task.name)]
+    return [("src", task.src_lang), ("tgt", task.tgt_lang)]
+
+
+def _clean(task: Task | Language, cfg: DataConfig, stages: Path, log, built: list[str]) -> dict:
     files = {split: [_file_info(p) for p in getattr(task, split)] for split in ("train", "test")}
     settings = _clean_settings(cfg)
-    key = _digest(
-        [
-            FORMAT,
-            task.name,
-            task.src_lang,
-            task.tgt_lang,
-            task.columns,
-            task.extra_columns,
-            {s: [f["sha256"] for f in fs] for s, fs in files.items()},
-            settings,
-        ]
-    )
+    hashes = {s: [f["sha256"] for f in fs] for s, fs in files.items()}
+    if isinstance(task, Language):
+        what = ["lm", task.name, task.text_field, task.catalogue]
+    else:
+        what = [task.name, task.src_lang, task.tgt_lang, task.columns, task.extra_columns]
+    key = _digest([FORMAT, *what, hashes, settings])
     final = stages / "clean" / f"{task.name}-{key[:16]}"
     if (final / "meta.json").is_file():
         log(f"{task.name}: cleaned splits cached")
@@ -130,8 +138,17 @@ def _clean(task: Task, cfg: DataConfig, stages: Path, log, built: list[str]) -> 
 
     train, train_stats = _read(task, "train", cfg, log)
     test, test_stats = _read(task, "test", cfg, log) if task.test else (None, ReadStats())
+    label = None
+    if isinstance(task, Language):
+        label = f"language {task.name} ({', '.join(str(p) for p in task.train + task.test)})"
     splits = make_splits(
-        task.name, train, test, dev_size=cfg.dev_size, dev_fraction=cfg.dev_fraction, seed=cfg.seed
+        task.name,
+        train,
+        test,
+        dev_size=cfg.dev_size,
+        dev_fraction=cfg.dev_fraction,
+        seed=cfg.seed,
+        label=label,
     )
     for f, n in zip(
         files["train"] + files["test"], train_stats.per_file + test_stats.per_file, strict=True
@@ -152,12 +169,13 @@ def _clean(task: Task, cfg: DataConfig, stages: Path, log, built: list[str]) -> 
         ),
         train_text=_digest(splits.train),
     )
+    names = [column for column, _ in _columns(task)]
     with atomic_dir(final) as tmp:
         for split in SPLITS:
-            pairs = getattr(splits, split)
+            rows = getattr(splits, split)
             table = pa.table(
-                {"src": [s for s, _ in pairs], "tgt": [t for _, t in pairs]},
-                schema=pa.schema([("src", pa.string()), ("tgt", pa.string())]),
+                {name: [r[i] for r in rows] for i, name in enumerate(names)},
+                schema=pa.schema([(name, pa.string()) for name in names]),
             )
             pq.write_table(table, tmp / f"{split}.parquet")
         atomic_write_json(tmp / "meta.json", meta)
@@ -170,29 +188,33 @@ def _clean(task: Task, cfg: DataConfig, stages: Path, log, built: list[str]) -> 
     return _meta(final)
 
 
-def _read(task: Task, split: str, cfg: DataConfig, log) -> tuple[list[Pair], ReadStats]:
-    pairs: list[Pair] = []
+def _read(task: Task | Language, split: str, cfg: DataConfig, log) -> tuple[list, ReadStats]:
+    items: list[tuple[str, ...]] = []  # pairs, or 1-tuples of documents
     stats = ReadStats()
     for path in getattr(task, split):
         log(f"reading {task.name} {split} ({path.name}) ...", end="")
-        p, s = read_pairs(
-            path,
-            columns=task.columns,
-            max_lines=cfg.max_pairs,
-            strict=cfg.strict,
-            extra_columns=task.extra_columns,
-        )
+        limits = dict(max_lines=cfg.max_pairs, strict=cfg.strict)
+        if isinstance(task, Language):
+            p, s = read_documents(task, path, **limits)
+        else:
+            extra = task.extra_columns
+            p, s = read_pairs(path, columns=task.columns, extra_columns=extra, **limits)
         bad = sum(s.invalid.values())
         log(f" {s.lines:,} lines" + (f", {bad:,} invalid" if bad else ""), prefix=False)
-        pairs += p
+        items += p
         stats.add(s)
-    return pairs, stats
+    return items, stats
 
 
 def _tokenizer(
-    tasks: list[Task], cleaned: dict, cfg: DataConfig, stages: Path, log, built: list[str]
+    tasks: list[Task | Language],
+    cleaned: dict,
+    cfg: DataConfig,
+    stages: Path,
+    log,
+    built: list[str],
 ) -> tuple[str, Path]:
-    tags = sorted({t.tag for t in tasks})
+    tags = sorted({t.tag for t in tasks if isinstance(t, Task)})
     settings = dict(
         SETTINGS,
         vocab_size=cfg.vocab_size,
@@ -213,8 +235,8 @@ def _tokenizer(
     for t in tasks:
         train = pq.read_table(cleaned[t.name]["dir"] / "train.parquet")
         # dict keys: a sentence shared by several tasks counts once for its language.
-        by_lang.setdefault(t.src_lang, {}).update(dict.fromkeys(train.column("src").to_pylist()))
-        by_lang.setdefault(t.tgt_lang, {}).update(dict.fromkeys(train.column("tgt").to_pylist()))
+        for column, lang in _columns(t):
+            by_lang.setdefault(lang, {}).update(dict.fromkeys(train.column(column).to_pylist()))
     sample, per_lang = balanced_sample(
         {k: list(v) for k, v in by_lang.items()},
         size=cfg.tokenizer_sample,
@@ -235,7 +257,7 @@ def _tokenizer(
 
 
 def _encode(
-    task: Task,
+    task: Task | Language,
     clean: dict,
     tok_key: str,
     tok_dir: Path,
@@ -251,19 +273,25 @@ def _encode(
         return _meta(final)
 
     sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model"))
-    tag = sp.piece_to_id(task.tag)
-    too_long = {}
+    too_long, rows = {}, {}
     log(f"encoding {task.name} ...", end="")
     with atomic_dir(final) as tmp:
         for split in SPLITS:
             text = pq.read_table(clean["dir"] / f"{split}.parquet")
-            table, too_long[split] = _encode_split(sp, text, tag, cfg.max_len)
+            if isinstance(task, Language):
+                table, too_long[split] = _encode_documents(sp, text, cfg.max_len), 0
+            else:
+                table, too_long[split] = _encode_split(
+                    sp, text, sp.piece_to_id(task.tag), cfg.max_len
+                )
+            rows[split] = table.num_rows
             pq.write_table(table, tmp / f"{split}.parquet")
-        atomic_write_json(tmp / "meta.json", dict(key=key, too_long=too_long))
-    log(
-        f" {sum(clean['counts'][s] for s in SPLITS):,} pairs, {sum(too_long.values()):,} too long",
-        prefix=False,
-    )
+        atomic_write_json(tmp / "meta.json", dict(key=key, too_long=too_long, rows=rows))
+    n = sum(clean["counts"][s] for s in SPLITS)
+    if isinstance(task, Language):
+        log(f" {n:,} documents in {sum(rows.values()):,} rows of <= {cfg.max_len}", prefix=False)
+    else:
+        log(f" {n:,} pairs, {sum(too_long.values()):,} too long", prefix=False)
     built.append(f"encode:{task.name}")
     return _meta(final)
 
@@ -291,6 +319,18 @@ def _encode_split(sp, text: pa.Table, tag: int, max_len: int) -> tuple[pa.Table,
     return table, len(src_ids) - len(keep)
 
 
+def _encode_documents(sp, text: pa.Table, max_len: int) -> pa.Table:
+    """ids = pieces + [EOS] per row (long documents cut), the row's text and its bytes."""
+    ids, texts, n_bytes = document_rows(sp, text.column("text").to_pylist(), max_len)
+    return pa.table(
+        {
+            "ids": _list_array(ids),
+            "text": pa.array(texts, pa.string()),
+            "bytes": pa.array(n_bytes, pa.int32()),
+        }
+    )
+
+
 def _list_array(rows: list[list[int]]) -> pa.ListArray:
     # Flat values + offsets: far faster than pa.array on nested Python lists.
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int32, count=len(rows))
@@ -312,10 +352,13 @@ def _manifest(key, cfg, tasks, cleaned, encoded, tok_key, tok_dir) -> dict:
         c["too_long"] = sum(too_long.values())
         for split in SPLITS:
             c[split] -= too_long[split]
+        if isinstance(t, Language):
+            # counts are documents; rows (what the sampler draws) may be more: long ones are cut
+            what = dict(lang=t.name, rows=encoded[t.name]["rows"])
+        else:
+            what = dict(src_lang=t.src_lang, tgt_lang=t.tgt_lang, tag=t.tag)
         out[t.name] = dict(
-            src_lang=t.src_lang,
-            tgt_lang=t.tgt_lang,
-            tag=t.tag,
+            **what,
             files=cleaned[t.name]["files"],
             counts=c,
             clean_key=cleaned[t.name]["key"],
@@ -323,6 +366,7 @@ def _manifest(key, cfg, tasks, cleaned, encoded, tok_key, tok_dir) -> dict:
         )
     manifest = dict(
         format=FORMAT,
+        kind=cfg.kind,
         key=key,
         settings=_clean_settings(cfg) | {"max_len": cfg.max_len},
         tokenizer=dict(
@@ -343,11 +387,12 @@ def _manifest(key, cfg, tasks, cleaned, encoded, tok_key, tok_dir) -> dict:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _download_missing(tasks: list[Task], root: DataRoot, log) -> None:
+def _download_missing(tasks: list[Task | Language], root: DataRoot, log) -> None:
     for t in tasks:
         if missing := first_missing([t]):
+            lang = t.name if isinstance(t, Language) else t.tgt_lang
             try:
-                download.fetch_tatoeba(t.tgt_lang, root.path)
+                download.fetch_tatoeba(lang, root.path)
             except download.Unpinned as e:
                 raise root.not_found(missing, f"not there, and {e}") from None
             log(f"downloaded {t.name} into {root.path}")

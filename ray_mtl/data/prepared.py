@@ -2,6 +2,8 @@
 
     data = load_prepared(root)       # or prepare(cfg), which returns the same thing
     data.shard("eng-ron", "train")   # pyarrow Table: src, tgt (list<int32>), src_text, tgt_text
+    data.shard("ron", "dev")         # kind lm: ids (list<int32>), text, bytes (int32) per row
+    data.sequences("eng-ron")        # what the sampler draws: (src or None for lm, tgt or ids)
     data.decode(ids)                 # ids -> text, without pad/bos/eos/language tag
 
 Layout of ``root``: ``manifest.json``, ``tokenizer.model``, ``shards/<task>/<split>.parquet``.
@@ -49,6 +51,8 @@ class Prepared:
         self.manifest = manifest
         self.manifest_hash: str = manifest["hash"]
         self.tasks: list[str] = list(manifest["task_order"])
+        self.kind: str = manifest.get("kind", "translation")
+        """translation (pairs) or lm (documents); manifests from before ``kind`` are pairs."""
         self.built: list[str] = []
         """Stages that ``prepare`` ran to produce this (empty: everything came from the cache)."""
         self._shards: dict[tuple[str, str], pa.Table] = {}  # evaluation asks for dev each time
@@ -74,7 +78,8 @@ class Prepared:
             raise UserError(f"task {task!r} is not in {self.root} (tasks: {self.tasks})") from None
 
     def shard(self, task: str, split: str) -> pa.Table:
-        """The task's split, memory-mapped (columns src, tgt, src_text, tgt_text)."""
+        """The task's split, memory-mapped (columns src, tgt, src_text, tgt_text; lm: ids, text,
+        bytes)."""
         self._task(task)
         if split not in SPLITS:
             raise UserError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
@@ -85,13 +90,21 @@ class Prepared:
             self._shards[task, split] = pq.ParquetFile(path, memory_map=True).read()
         return self._shards[task, split]
 
+    def sequences(self, task: str, split: str = "train") -> tuple[pa.ChunkedArray | None, ...]:
+        """The id lists a sampler draws: (source, target) of pairs; (None, ids) of documents."""
+        shard = self.shard(task, split)
+        if self.kind == "lm":
+            return None, shard.column("ids")
+        return shard.column("src"), shard.column("tgt")
+
     def size(self, task: str) -> int:
-        """Training pairs of ``task``."""
-        return self._task(task)["counts"]["train"]
+        """Training examples of ``task``: pairs, or document rows (lm, long documents cut)."""
+        entry = self._task(task)
+        return entry["rows"]["train"] if self.kind == "lm" else entry["counts"]["train"]
 
     @property
     def sizes(self) -> dict[str, int]:
-        """Training pairs of every task, in task order (what the rate rules take)."""
+        """Training examples of every task, in task order (what the rate rules take)."""
         return {t: self.size(t) for t in self.tasks}
 
     def lang_tag_id(self, task: str) -> int:
@@ -135,11 +148,14 @@ def load_prepared(path: str | Path) -> Prepared:
 
 
 def table(prepared: Prepared) -> str:
-    """Per-task counts as an aligned text table (raw = every other column summed)."""
-    rows = [("task", *COUNT_COLUMNS)]
+    """Per-task counts as an aligned text table (raw = every other column summed; lm: counts of
+    documents, then the training rows they were cut into)."""
+    lm = prepared.kind == "lm"
+    rows = [("task", *COUNT_COLUMNS, *(["train rows"] if lm else []))]
     for task in prepared.tasks:
         c = prepared.manifest["tasks"][task]["counts"]
         values = [c[k] if k != "invalid" else sum(c[k].values()) for k in COUNT_COLUMNS]
+        values += [prepared.size(task)] if lm else []
         rows.append((task, *(f"{v:,}" for v in values)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []

@@ -1,12 +1,14 @@
 """Train/dev/test splits with no sentence shared between them.
 
     split = make_splits("eng-ron", train_pairs, test_pairs, dev_size=1000, dev_fraction=0.05)
+    split = make_splits("ron", [(doc,) for doc in docs], None, ...)   # lm: one side, the document
 
 Order matters: exact duplicates go first; test is the shipped test file (or, when a task has
 none, carved from train like dev); train pairs whose source or target side is in test are
 removed; dev is carved from what is left (fixed seed); train pairs sharing a side with dev are
 removed. So no normalised sentence of dev or test appears on either side of train, and dev and
-test share none either.
+test share none either. Items are tuples of sides: pairs, or 1-tuples of a language model's
+documents, split alike.
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ def make_splits(
     dev_size: int,
     dev_fraction: float,
     seed: int,
+    label: str | None = None,
 ) -> Splits:
-    """Split one task's pairs; a UserError names the task if no training pair survives."""
+    """Split one task's pairs (or documents); a UserError names the task (``label``, default
+    ``task <task>``) if no training item survives."""
     # A string seed is hashed deterministically (sha512), so splits are stable across runs.
     rng = random.Random(f"{seed}:{task}")
+    documents = bool(train) and len(train[0]) == 1
     pool, duplicate = dedupe(train)
     if test is None:
         test, pool = _carve(pool, dev_size, dev_fraction, rng)
@@ -59,10 +64,15 @@ def make_splits(
     train = _decontaminate(pool, dev)
     decontaminated = before - len(dev) - len(train)
     if not train:
+        units, why = (
+            ("documents", "that are")
+            if documents
+            else ("pairs", "whose source or target sentence is")
+        )
         raise UserError(
-            f"task {task}: 0 training pairs left after removing {decontaminated:,} whose source "
-            f"or target sentence is in its dev or test set (expected a train set larger than, "
-            f"and different from, its test set)"
+            f"{label or f'task {task}'}: 0 training {units} left after removing "
+            f"{decontaminated:,} {why} in its dev or test set (expected a train set larger "
+            "than, and different from, its test set)"
         )
     return Splits(train, dev, test, duplicate, decontaminated)
 
@@ -79,6 +89,6 @@ def _carve(
 
 
 def _decontaminate(pool: list[Pair], held: list[Pair]) -> list[Pair]:
-    src = {s for s, _ in held}
-    tgt = {t for _, t in held}
-    return [(s, t) for s, t in pool if s not in src and t not in tgt]
+    """``pool`` without the items that share any side with an item of ``held``."""
+    sides = [set(side) for side in zip(*held, strict=True)]
+    return [p for p in pool if not any(x in side for x, side in zip(p, sides, strict=False))]
