@@ -436,7 +436,7 @@ def statistics_text(fr: dict) -> list[str]:
     out.append(
         f"Matched comparison, {on} ({matched['rule']}): "
         + "; ".join(
-            f"{m} {_g(v['mean'])} {_interval(v['interval'])} ({v['n']} seeds)"
+            f"{m} {_g(v['mean'])} {_interval(v['interval'])} ({v['n']} seed{'s' * (v['n'] > 1)})"
             if v["n"]
             else f"{m}: no seed's front reaches it"
             for m, v in matched["methods"].items()
