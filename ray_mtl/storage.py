@@ -157,8 +157,13 @@ def write_parquet(uri: str, table: pa.Table) -> None:
 
 
 def read_parquet(uri: str) -> pa.Table:
+    """A Parquet file read through one open handle. Reading by path looks at the file's size
+    first and its pages later, so a file replaced in between (a running sweep's rows, renamed
+    over at each report) reads torn: "Page was smaller than expected". A handle keeps one
+    version whole."""
     fs, path = filesystem(uri)
-    return pq.read_table(path, filesystem=fs)
+    with fs.open_input_file(path) as f:
+        return pq.read_table(f)
 
 
 def write_text(uri: str, text: str) -> None:

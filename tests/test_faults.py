@@ -44,6 +44,7 @@ from ray_mtl.config import (
     TrainConfig,
 )
 from ray_mtl.results import TIMINGS
+from ray_mtl.storage import read_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = ["segment", "step", "task", "split", "metric"]
@@ -171,8 +172,8 @@ def fault_config(data_cfg: DataConfig, run_dir: Path) -> TrainConfig:
 
 def max_step(uri: Path) -> int:
     try:
-        return max(pq.read_table(uri, columns=["step"]).column("step").to_pylist(), default=0)
-    except (FileNotFoundError, OSError):
+        return max(read_parquet(str(uri)).column("step").to_pylist(), default=0)
+    except FileNotFoundError:
         return 0
 
 
@@ -315,7 +316,7 @@ def segment_files(sweep: Path, segment: str) -> dict[Path, int]:
 def rows_by_segment(sweep: Path) -> dict:
     out = {}
     for f in sweep.glob("segments/*/metrics.parquet"):
-        out[f.parent.name] = pq.read_table(f).to_pandas()
+        out[f.parent.name] = read_parquet(str(f)).to_pandas()  # one handle: the file is live
     return out
 
 

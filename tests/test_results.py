@@ -45,3 +45,32 @@ def test_segment_rows_replace_a_repeated_step_and_keep_earlier_rows(tmp_path):
 def test_metric_rows_keep_numbers_and_the_divergence_flag():
     rows = metric_rows("s", {"step": 5, "dev/a/ce": float("nan"), "diverged": 1, "x": "sig"})
     assert {(r["task"], r["metric"]) for r in rows} == {("a", "ce"), ("*", "diverged")}
+
+
+def test_rows_replaced_while_read_are_read_whole(tmp_path):
+    """A running sweep renames each segment's rows file over the last at every report; a reader
+    (the live report) sees one version whole, never "Page was smaller than expected"."""
+    import threading
+
+    from ray_mtl.results import write_rows
+    from ray_mtl.storage import read_parquet
+
+    uri = str(tmp_path / "metrics.parquet")
+    versions = [metric_rows("pt", {"step": s, "dev/a/ce": 1.0, "lr": 0.1}) * s for s in (1, 7)]
+    write_rows(uri, versions[0])
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            write_rows(uri, versions[i % 2])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        lengths = {read_parquet(uri).num_rows for _ in range(300)}
+    finally:
+        stop.set()
+        thread.join()
+    assert lengths <= {len(v) for v in versions}
