@@ -326,6 +326,9 @@ class DataConfig:
     """Upper bound on the dev share of a task's pairs."""
     max_pairs: int | None = None
     """Read only the first N lines of each train and test file (small slices for tests)."""
+    train_pairs: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Per task, a cap on its training pairs: a seeded sample of N kept once dev and test are
+    split off (they keep their sizes). Builds a stronger imbalance than the files hold."""
     max_len: int = 128
     """Token cap per side; longer pairs are dropped and counted. lm: longer documents are cut
     into rows of this many tokens (none dropped)."""
@@ -351,10 +354,17 @@ class DataConfig:
         check(0 < self.dev_fraction < 1, "dev_fraction", "a number in (0, 1)", self.dev_fraction)
         ok = self.max_pairs is None or self.max_pairs > 0
         check(ok, "max_pairs", "a positive integer or null", self.max_pairs)
+        for name, n in self.train_pairs.items():
+            check(n >= 1, f"train_pairs.{name}", "a positive integer", n)
         check(self.max_len >= 8, "max_len", "an integer >= 8", self.max_len)
         t = self.tokenizer_temperature
         check(t >= 1, "tokenizer_temperature", "a number >= 1", t)
         check(self.tokenizer_sample >= 1000, "tokenizer_sample", ">= 1000", self.tokenizer_sample)
+
+    def check_train_pairs(self, at: str = "") -> None:
+        """Caps name tasks of this config (called once ``tasks`` is final)."""
+        for name in self.train_pairs:
+            check(name in self.tasks, f"{at}train_pairs.{name}", f"one of {self.tasks}", name)
 
     def check_kind(self, at: str = "") -> None:
         """Custom corpora of the other kind are refused (called once ``kind`` is final: by a run's
@@ -774,6 +784,7 @@ class SpaceConfig(RunSettings):
         ok = self.data.tasks in (self.tasks.all, DataConfig().tasks)
         check(ok, "data.tasks", "unset (the task groups name the tasks)", self.data.tasks)
         self.data.tasks = self.tasks.all
+        self.data.check_train_pairs("data.")
         super().__post_init__()
         check(self.tokens_per_example >= 2, "tokens_per_example", ">= 2", self.tokens_per_example)
         check(self.max_concurrent >= 0, "max_concurrent", ">= 0", self.max_concurrent)

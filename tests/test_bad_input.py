@@ -528,6 +528,15 @@ def case_tune_duplicate_temperatures(ctx):
     return "tune", ["--space", path], ["grid.temperatures[2]: expected values distinct", "[0]=2.0"]
 
 
+def case_tune_train_pairs_of_an_unknown_task(ctx):
+    def edit(s):
+        s["data"] = {**s.get("data", {}), "train_pairs": {"eng-deu": 500}}
+
+    path = ctx.space_yaml(edit)
+    expected = ["data.train_pairs.eng-deu: expected one of ['eng-fra', 'eng-ron']"]
+    return "tune", ["--space", path], expected
+
+
 def case_tune_duplicate_unimax_epochs(ctx):
     def edit(s):
         s["methods"] = ["unimax"]

@@ -23,6 +23,7 @@ from ray_mtl.data.catalog import REPO_DATA, SLICES, data_dir
 from ray_mtl.data.corpus import normalise, read_pairs
 from ray_mtl.data.download import Unpinned, fetch, fetch_tatoeba, sha256_file
 from ray_mtl.data.prepared import SPLITS
+from ray_mtl.data.splits import make_splits
 from ray_mtl.data.tokenizer import balanced_sample
 from ray_mtl.errors import UserError
 from ray_mtl.prepare import main
@@ -394,3 +395,18 @@ def test_prepare_reads_excel_and_manythings_files(shared_data, tmp_path, capsys)
         shard = prepared.shard(task, "train")
         text = shard.column("src_text").to_pylist() + shard.column("tgt_text").to_pylist()
         assert not any("\x00" in t or "\ufeff" in t for t in text)
+
+
+def test_a_training_cap_samples_train_only_and_keeps_order():
+    pairs = [(f"en {i}", f"ro {i}") for i in range(400)]
+    kw = dict(dev_size=20, dev_fraction=0.1, seed=0)
+    whole = make_splits("eng-ron", pairs, None, **kw)
+    capped = make_splits("eng-ron", pairs, None, train_cap=50, **kw)
+    assert (capped.dev, capped.test) == (whole.dev, whole.test)  # dev and test keep their sizes
+    assert len(capped.train) == 50 and set(capped.train) < set(whole.train)
+    assert capped.train == sorted(capped.train, key=whole.train.index)  # in file order
+    assert capped.train[-1] != whole.train[49]  # a sample across the file, not its head
+    again = make_splits("eng-ron", pairs, None, train_cap=50, **kw)
+    assert again.train == capped.train
+    more = make_splits("eng-ron", pairs, None, train_cap=10_000, **kw)
+    assert more.train == whole.train  # a cap above the pairs there keeps them all

@@ -62,6 +62,7 @@ def prepare(cfg: DataConfig, *, verbose: bool = True) -> Prepared:
     """Build (or reuse) the prepared data dir for ``cfg``; ``Prepared.built`` lists what ran."""
     log = _logger(verbose)
     cfg.check_kind()
+    cfg.check_train_pairs()
     out = ensure_writable_dir(Path(cfg.out_dir) if cfg.out_dir else cache_root(), "output dir")
     root = data_dir(cfg)
     log(f"corpora: {root.source} {root.path}")
@@ -125,6 +126,8 @@ def _columns(task: Task | Language) -> list[tuple[str, str]]:
 def _clean(task: Task | Language, cfg: DataConfig, stages: Path, log, built: list[str]) -> dict:
     files = {split: [_file_info(p) for p in getattr(task, split)] for split in ("train", "test")}
     settings = _clean_settings(cfg)
+    if task.name in cfg.train_pairs:  # only then: the caches of uncapped tasks stay valid
+        settings["train_pairs"] = cfg.train_pairs[task.name]
     hashes = {s: [f["sha256"] for f in fs] for s, fs in files.items()}
     if isinstance(task, Language):
         what = ["lm", task.name, task.text_field, task.catalogue]
@@ -149,6 +152,7 @@ def _clean(task: Task | Language, cfg: DataConfig, stages: Path, log, built: lis
         dev_fraction=cfg.dev_fraction,
         seed=cfg.seed,
         label=label,
+        train_cap=cfg.train_pairs.get(task.name),
     )
     for f, n in zip(
         files["train"] + files["test"], train_stats.per_file + test_stats.per_file, strict=True

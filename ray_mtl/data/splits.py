@@ -6,7 +6,8 @@
 Order matters: exact duplicates go first; test is the shipped test file (or, when a task has
 none, carved from train like dev); train pairs whose source or target side is in test are
 removed; dev is carved from what is left (fixed seed); train pairs sharing a side with dev are
-removed. So no normalised sentence of dev or test appears on either side of train, and dev and
+removed; a ``train_cap`` then keeps a seeded sample of that many train pairs, in order. So no
+normalised sentence of dev or test appears on either side of train, and dev and
 test share none either. Items are tuples of sides: pairs, or 1-tuples of a language model's
 documents, split alike.
 """
@@ -46,6 +47,7 @@ def make_splits(
     dev_fraction: float,
     seed: int,
     label: str | None = None,
+    train_cap: int | None = None,
 ) -> Splits:
     """Split one task's pairs (or documents); a UserError names the task (``label``, default
     ``task <task>``) if no training item survives."""
@@ -63,6 +65,9 @@ def make_splits(
     dev, pool = _carve(pool, dev_size, dev_fraction, rng)
     train = _decontaminate(pool, dev)
     decontaminated = before - len(dev) - len(train)
+    if train_cap is not None and len(train) > train_cap:
+        keep = set(rng.sample(range(len(train)), train_cap))
+        train = [p for i, p in enumerate(train) if i in keep]
     if not train:
         units, why = (
             ("documents", "that are")
