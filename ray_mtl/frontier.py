@@ -168,10 +168,16 @@ def trial_points(
 
     ``best``: per task, the best value over the trial's curve (early stopping per task);
     ``final``: the last value at or before ``final_step`` (a partial trial's latest value).
-    Axes with task ``high``/``low`` average that group's per-task values.
+    ``split="test"`` (``at="best"`` only): the last test value at or before ``final_step``, that
+    of the weights of the task's best dev step, so dev alone chooses. Axes with task
+    ``high``/``low`` average that group's per-task values.
     """
     if at not in ("best", "final"):
         raise UserError(f"at: expected 'best' or 'final', got {at!r}")
+    if split == "test" and at != "best":
+        raise UserError(
+            "at: test values exist at each task's best dev weights only; expected 'best'"
+        )
     axes = [parse_axis(a) for a in axes or default_axes(results)]
     curves = trial_curves(results) if curves is None else curves
     final = results.trials.set_index("trial")["final_step"]
@@ -181,7 +187,7 @@ def trial_points(
     out = config.set_index("trial")
     for metric in dict.fromkeys(m for _, m in axes):
         m = c[c["metric"] == metric]
-        if at == "final":
+        if at == "final" or split == "test":
             per_task = m.sort_values("step").groupby(["trial", "task"])["value"].last()
         elif SENSES[metric] < 0:
             per_task = m.groupby(["trial", "task"])["value"].min()
@@ -226,6 +232,7 @@ def frontier(
     axes: list[str | Axis] | None = None,
     at: At = "best",
     points: pd.DataFrame | None = None,
+    split: str = "dev",
 ) -> dict:
     """Per method: front members, hypervolume (pooled and per seed); dominance; statistics.
 
@@ -235,13 +242,13 @@ def frontier(
     """
     axes = [parse_axis(a) for a in axes or default_axes(results)]
     names, sense = [axis_name(a) for a in axes], senses(axes)
-    pts = trial_points(results, axes, at) if points is None else points
+    pts = trial_points(results, axes, at, split) if points is None else points
     pts = pts[pts[names].notna().all(axis=1)]
     out = {
         "sweep": results.name,
         "tasks": results.tasks,
         "at": at,
-        "split": "dev",
+        "split": split,
         "axes": names,
         "senses": sense,
         "signatures": results.signatures,

@@ -106,7 +106,9 @@ def _staircase(values: np.ndarray, sense: list[int]) -> np.ndarray:
     return np.asarray(corners) * flip
 
 
-def _draw_front(ax, results: Results, pts: pd.DataFrame, axes: list[Axis]) -> None:
+def _draw_front(
+    ax, results: Results, pts: pd.DataFrame, axes: list[Axis], split: str = "dev"
+) -> None:
     names, sense = [axis_name(a) for a in axes], senses(axes)
     pts = pts[pts[names].notna().all(axis=1)]
     for method, m in pts.groupby("method", sort=True):
@@ -124,8 +126,8 @@ def _draw_front(ax, results: Results, pts: pd.DataFrame, axes: list[Axis]) -> No
             median = _staircase(attainment_front(seeds, sense), sense)
             label = f"{method} median attainment ({len(seeds)} seeds)"
             ax.plot(*median.T, color=color, ls="--", lw=2.5, alpha=0.6, label=label)
-    ax.set_xlabel(axis_label(results, axes[0]))
-    ax.set_ylabel(axis_label(results, axes[1]))
+    ax.set_xlabel(axis_label(results, axes[0], split))
+    ax.set_ylabel(axis_label(results, axes[1], split))
     ax.grid(alpha=0.3)
 
 
@@ -134,9 +136,11 @@ def plot_fronts(
     at: At = "best",
     axes: list[str | Axis] | None = None,
     curves: pd.DataFrame | None = None,
+    split: str = "dev",
 ) -> Figure:
     """Per-method Pareto fronts, high- vs low-resource, for dev CE (and chrF/BLEU when present;
-    lm: bits per byte and perplexity).
+    lm: bits per byte and perplexity); ``split="test"``: the test values of each task's best dev
+    weights (``frontier.trial_points``).
 
     Every trial is a point; dominated ones are faded, unfinished ones hollow; each front is a
     staircase; dashed, where a method has several seeds, its median attainment front: what at
@@ -156,10 +160,11 @@ def plot_fronts(
     fig = Figure(figsize=(5.5 * ncols, 4.8 * nrows + 0.4), layout="constrained")
     for i, axes in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        _draw_front(ax, results, trial_points(results, axes, at, curves=curves), axes)
+        _draw_front(ax, results, trial_points(results, axes, at, split, curves), axes, split)
         short = {"ce": "cross-entropy", "chrf": "chrF", "bleu": "BLEU", "loss": "loss"}
         short |= {"bpb": "bits per byte", "ppl": "perplexity"}
-        ax.set_title(f"dev {short[axes[1][1]]}, {at} value per task")
+        per = "at the best dev weights" if split == "test" else f"{at} value"
+        ax.set_title(f"{split} {short[axes[1][1]]}, {per} per task")
         ax.legend(fontsize=8, title="method (faded: dominated, hollow: partial)", title_fontsize=7)
     fig.suptitle(f"Pareto fronts per method (each panel's on its own two axes)\n{title(results)}")
     return fig
@@ -341,7 +346,7 @@ def plot_hypervolume(results: Results, fr: dict) -> Figure:
     ax.bar([], [], color="gray", alpha=0.35, label="mean over seeds")
     ax.set_xticks(range(len(methods)), methods)
     ax.set_xlabel("method")
-    ax.set_ylabel(f"hypervolume over {len(fr['axes'])} dev axes (higher is better)")
+    ax.set_ylabel(f"hypervolume over {len(fr['axes'])} {fr['split']} axes (higher is better)")
     ref = ", ".join(
         f"{a}={r:.3g}" for a, r in zip(fr["axes"], fr["reference_point"] or [], strict=False)
     )
@@ -362,7 +367,7 @@ def summary_text(fr: dict) -> list[str]:
     metrics = dict.fromkeys(a.rsplit("/", 1)[-1] for a in fr["axes"])
     what = "; ".join(METRIC_LABELS.get(m, m) for m in metrics)
     out = [
-        f"Axes: {', '.join(fr['axes'])} (dev {what}, {fr['at']} value per task); "
+        f"Axes: {', '.join(fr['axes'])} ({fr['split']} {what}, {fr['at']} value per task); "
         f"reference point {ref} ({fr.get('reference_rule', '')}).",
         "Hypervolume, higher is better: "
         + ", ".join(f"{m} {hv[m]:.4g}" for m in ranked)

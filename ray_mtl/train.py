@@ -320,7 +320,9 @@ def train(
         state = None
         if worker.is_main:
             best.update(done, metrics, tasks, raw_model)
-            if done == schedule.end_step and cfg.eval.test_at_end:
+            # A trial's point can end inside a segment (a static trunk's L + F): test there too.
+            ends = done == schedule.end_step or done in cfg.eval_steps
+            if ends and cfg.eval.test_at_end:
                 metrics.update(best.test(cfg, raw_model, prepared, worker.device))
             metrics["eval_s"] = time.perf_counter() - evaluated
             print_progress(metrics, tasks, schedule.end_step)

@@ -171,6 +171,29 @@ def test_trial_points_best_vs_final(toy):
     assert chrf.loc["sc"].tolist()[-2:] == [30, 5.0]
 
 
+def test_test_values_are_those_of_the_best_dev_weights_at_the_trial_end(tmp_path):
+    """Test rows come at a trial's end from its best dev weights: a later, better test value of
+    the same trunk is another trial's, and a lower earlier one must not be picked (that would
+    choose on test)."""
+    rows = [("t", s, "eng-fra", "dev", "ce", v) for s, v in [(10, 4.0), (20, 3.0), (30, 2.0)]]
+    rows += [("t", s, "eng-ron", "dev", "ce", v) for s, v in [(10, 5.0), (20, 4.0), (30, 4.5)]]
+    rows += [("t", 10, t, "test", "ce", 1.0) for t in ("eng-fra", "eng-ron")]  # an earlier end
+    rows += [("t", 20, "eng-fra", "test", "ce", 3.3), ("t", 20, "eng-ron", "test", "ce", 4.4)]
+    rows += [("t", 30, "eng-fra", "test", "ce", 2.2), ("t", 30, "eng-ron", "test", "ce", 4.1)]
+    trials = [
+        {"trial": "sc20", "method": "scalarization", "final_step": 20, "lineage": [piece("t", 0, 20)]},
+        {"trial": "sc30", "method": "scalarization", "final_step": 30, "seed": 1,
+         "lineage": [piece("t", 0, 30)]},
+    ]  # fmt: skip
+    res = load_results(write_sweep(tmp_path / "s", rows, trials))
+    test = trial_points(res, split="test").set_index("trial")
+    assert test.loc["sc20", ["eng-fra/ce", "eng-ron/ce"]].tolist() == [3.3, 4.4]
+    assert test.loc["sc30", ["eng-fra/ce", "eng-ron/ce"]].tolist() == [2.2, 4.1]
+    assert frontier(res, split="test")["split"] == "test"
+    with pytest.raises(UserError, match="best dev weights"):
+        trial_points(res, at="final", split="test")
+
+
 def test_frontier_and_write(toy):
     res = load_results(toy)
     fr = frontier(res)
