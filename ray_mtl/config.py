@@ -739,6 +739,15 @@ class GridConfig:
         check(len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds", self.seeds)
 
 
+@dataclasses.dataclass
+class TrackingConfig:
+    """Where a sweep's per-trial curves go besides its results."""
+
+    tensorboard: bool = True
+    """At the sweep's end, one TensorBoard run per trial, over its lineage, at
+    ``<sweep>/tensorboard`` (``python -m ray_mtl.tracking``)."""
+
+
 @dataclasses.dataclass(kw_only=True)
 class SpaceConfig(RunSettings):
     """A sweep: tasks, methods, grid, and (from ``RunSettings``) what every segment shares."""
@@ -768,6 +777,8 @@ class SpaceConfig(RunSettings):
     """needed: delete each checkpoint once the tree no longer needs it (kept: every segment's
     last, each running segment's latest, a fork until its branches have their own); all: keep
     every checkpoint (for later analysis; disk grows with every fork step)."""
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    """Experiment tracking: TensorBoard runs per trial."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")

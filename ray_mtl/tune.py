@@ -573,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
 
         results.write_frontier(res, sweep)
         print(f"report: {report.build_report(sweep)}")
+    if space.tracking.tensorboard:
+        from ray_mtl.tracking import write_tensorboard
+
+        print(f"tensorboard: {write_tensorboard(res)}")
     counts = res.trials["status"].value_counts().to_dict()
     if counts.get("diverged"):
         print(f"{counts['diverged']} trial(s) diverged (non-finite loss): see trials.parquet")

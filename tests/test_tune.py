@@ -78,6 +78,9 @@ def test_smoke_frontier_and_report(smoke_sweep):
         assert set(sigs) == {"bleu", "chrf"} and all(len(v) == 1 for v in sigs.values())
         assert "tok:13a" in sigs["bleu"][0] and sigs["chrf"][0].startswith("nrefs:1|")
     assert (smoke_sweep / "frontier.parquet").stat().st_size > 0
+    # One TensorBoard run per trial of the tree (tracking.tensorboard is on by default).
+    trials = set(pd.read_parquet(smoke_sweep / "trials.parquet")["trial"])
+    assert {p.name for p in (smoke_sweep / "tensorboard").iterdir()} == trials
     page = (smoke_sweep / "report" / "index.html").read_text()
     assert f"bleu scored by sacrebleu, signature {sigs['bleu'][0]}" in html.unescape(page)
     for name in FIGURES:

@@ -1,0 +1,30 @@
+"""TensorBoard runs per trial, read back with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_frontier import toy  # noqa: F401  (the fixture: a trunk, a branch, a partial branch)
+
+from ray_mtl.results import load_results
+from ray_mtl.tracking import main, write_tensorboard
+
+
+def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_one_run_per_trial_over_its_lineage(toy, tmp_path):  # noqa: F811
+    out = write_tensorboard(load_results(toy), str(tmp_path / "tb"))
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["run", "sc", "tp"]
+    tp = scalars(f"{out}/tp")
+    # The branch's curve from step 0: the trunk's steps up to its fork at 10, then its own.
+    assert [s for s, _ in tp["dev/eng-fra/ce"]] == [0, 10, 20, 30]
+    assert [v for _, v in tp["dev/eng-fra/ce"]] == pytest.approx([5.0, 3.9, 3.5, 3.6])
+    assert {"dev/eng-ron/ce", "dev/eng-ron/chrf", "train/lr"} <= set(tp)
+    assert [v for _, v in scalars(f"{out}/sc")["dev/eng-ron/ce"]] == pytest.approx([6.0, 5.0, 5.5])
+    # Written again, each trial's run is replaced, not doubled.
+    assert main([str(toy), "--out", str(tmp_path / "tb")]) == 0
+    assert len(scalars(f"{out}/tp")["dev/eng-fra/ce"]) == 4
