@@ -746,6 +746,14 @@ class TrackingConfig:
     tensorboard: bool = True
     """At the sweep's end, one TensorBoard run per trial, over its lineage, at
     ``<sweep>/tensorboard`` (``python -m ray_mtl.tracking``)."""
+    mlflow: bool | str = False
+    """Also one MLflow run per trial, in an experiment named after the sweep: true, a local
+    store at ``<sweep>/mlruns``; a string, that tracking URI (``http://host:5000``, ``file:``...).
+    Needs the ``tracking`` extra; a server is checked before the sweep starts."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mlflow, str):
+            check(bool(self.mlflow.strip()), "mlflow", "true, false or a tracking URI", self.mlflow)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -778,7 +786,7 @@ class SpaceConfig(RunSettings):
     last, each running segment's latest, a fork until its branches have their own); all: keep
     every checkpoint (for later analysis; disk grows with every fork step)."""
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    """Experiment tracking: TensorBoard runs per trial."""
+    """Experiment tracking: TensorBoard (and MLflow) runs per trial."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")

@@ -563,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(describe(plan(space)))
         return 0
+    if space.tracking.mlflow:
+        from ray_mtl.tracking import check_mlflow
+
+        check_mlflow(space.tracking.mlflow, space.storage)
     sweep = run_sweep(
         space, sweep, resume=bool(args.resume), overwrite=args.overwrite, dashboard=args.dashboard
     )
@@ -577,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         from ray_mtl.tracking import write_tensorboard
 
         print(f"tensorboard: {write_tensorboard(res)}")
+    if space.tracking.mlflow:
+        from ray_mtl.tracking import mlflow_uri, write_mlflow
+
+        print(f"mlflow: {write_mlflow(res, mlflow_uri(sweep, space.tracking.mlflow))}")
     counts = res.trials["status"].value_counts().to_dict()
     if counts.get("diverged"):
         print(f"{counts['diverged']} trial(s) diverged (non-finite loss): see trials.parquet")

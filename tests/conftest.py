@@ -144,7 +144,7 @@ def sized_space(tmp_path: Path, name: str, base: str = "smoke", **changes) -> Pa
     space["eval"] |= {"pairs": 64} | ({} if space.get("kind") == "lm" else {"bleu_pairs": 16})
     space["resources"] = {"num_workers": 1, "cpus_per_worker": 0.9}
     for key, value in changes.items():
-        space[key] = space[key] | value if isinstance(value, dict) else value
+        space[key] = space.get(key, {}) | value if isinstance(value, dict) else value
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space))
     return path
@@ -155,12 +155,13 @@ def smoke_sweep(ray_session, shared_data, tmp_path_factory) -> Path:
     """The smoke sweep (``sized_space``), run once per session through the real CLI entry point
     with a ``file://`` storage URI.
 
-    Returns the sweep dir (``<storage>/smoke``) with results, frontier and report.
+    Returns the sweep dir (``<storage>/smoke``) with results, frontier, report and the trials'
+    TensorBoard runs and MLflow store.
     """
     from ray_mtl.tune import main
 
     storage = tmp_path_factory.mktemp("sweeps")
-    space = sized_space(storage, "smoke")
+    space = sized_space(storage, "smoke", tracking={"mlflow": True})
     assert main(["--space", str(space), "--storage", f"file://{storage}"]) == 0
     return storage / "smoke"
 

@@ -537,6 +537,15 @@ def case_tune_train_pairs_of_an_unknown_task(ctx):
     return "tune", ["--space", path], expected
 
 
+def case_tune_unreachable_mlflow_server(ctx):
+    def edit(s):
+        s["tracking"] = {"mlflow": "http://127.0.0.1:9"}
+
+    path = ctx.space_yaml(edit)
+    expected = ["tracking.mlflow: cannot reach the tracking server http://127.0.0.1:9"]
+    return "tune", ["--space", path], expected
+
+
 def case_tune_duplicate_unimax_epochs(ctx):
     def edit(s):
         s["methods"] = ["unimax"]

@@ -181,7 +181,8 @@ def test_test_values_are_those_of_the_best_dev_weights_at_the_trial_end(tmp_path
     rows += [("t", 20, "eng-fra", "test", "ce", 3.3), ("t", 20, "eng-ron", "test", "ce", 4.4)]
     rows += [("t", 30, "eng-fra", "test", "ce", 2.2), ("t", 30, "eng-ron", "test", "ce", 4.1)]
     trials = [
-        {"trial": "sc20", "method": "scalarization", "final_step": 20, "lineage": [piece("t", 0, 20)]},
+        {"trial": "sc20", "method": "scalarization", "final_step": 20,
+         "lineage": [piece("t", 0, 20)]},
         {"trial": "sc30", "method": "scalarization", "final_step": 30, "seed": 1,
          "lineage": [piece("t", 0, 30)]},
     ]  # fmt: skip

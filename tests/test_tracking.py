@@ -28,3 +28,31 @@ def test_one_run_per_trial_over_its_lineage(toy, tmp_path):  # noqa: F811
     # Written again, each trial's run is replaced, not doubled.
     assert main([str(toy), "--out", str(tmp_path / "tb")]) == 0
     assert len(scalars(f"{out}/tp")["dev/eng-fra/ce"]) == 4
+
+
+def test_one_mlflow_run_per_trial_read_back_with_mlflow(toy, tmp_path):  # noqa: F811
+    from mlflow import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    for _ in range(2):  # written again: each trial's earlier run is replaced
+        assert main([str(toy), "--out", str(tmp_path / "tb"), "--mlflow", uri]) == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("toy")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert sorted(runs) == ["run", "sc", "tp"]
+    tp = runs["tp"]
+    assert tp.data.params["method"] == "two_phase" and tp.data.params["L"] == "10"
+    history = client.get_metric_history(tp.info.run_id, "dev/eng-fra/ce")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (0, 5.0), (10, 3.9), (20, 3.5), (30, 3.6)
+    ]  # fmt: skip
+
+
+def test_an_unreachable_mlflow_server_is_named_before_anything_runs(toy, tmp_path):  # noqa: F811
+    from ray_mtl.errors import UserError
+    from ray_mtl.tracking import check_mlflow
+
+    with pytest.raises(UserError, match=r"cannot reach the tracking server http://127\.0\.0\.1:9"):
+        check_mlflow("http://127.0.0.1:9", str(tmp_path))
+    with pytest.raises(UserError, match="true keeps a local store"):
+        check_mlflow(True, "s3://bucket/sweeps")

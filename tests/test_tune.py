@@ -81,6 +81,12 @@ def test_smoke_frontier_and_report(smoke_sweep):
     # One TensorBoard run per trial of the tree (tracking.tensorboard is on by default).
     trials = set(pd.read_parquet(smoke_sweep / "trials.parquet")["trial"])
     assert {p.name for p in (smoke_sweep / "tensorboard").iterdir()} == trials
+    from mlflow import MlflowClient  # and one MLflow run per trial (the fixture's tracking.mlflow)
+
+    client = MlflowClient((smoke_sweep / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert {r.info.run_name for r in runs} == trials
+    assert all(len(client.get_metric_history(r.info.run_id, "dev/eng-ron/ce")) > 1 for r in runs)
     page = (smoke_sweep / "report" / "index.html").read_text()
     assert f"bleu scored by sacrebleu, signature {sigs['bleu'][0]}" in html.unescape(page)
     for name in FIGURES:
