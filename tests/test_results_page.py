@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,10 @@ def test_a_page_json_of_another_kind_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"page\.json: expected a page\.json of schema 1"):
         results_from_data(json.loads(bad.read_text()), str(bad))
     assert main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")]) != 0
+
+
+def test_the_committed_results_page_rebuilds_from_its_json(tmp_path):
+    """docs/results.md's numbers come from docs/results/page.json: rebuilt, the tables agree."""
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results"
+    assert main([str(docs / "page.json"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "tables.md").read_text() == (docs / "tables.md").read_text()
