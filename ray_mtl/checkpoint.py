@@ -3,10 +3,14 @@
     save_dir(directory, state)                          # state.pt + meta.json, whole or not at all
     state = load(uri, cfg, prepared)                    # weights_only; model + data checked
     state = read_dir(directory)                         # a run's own checkpoint (fault recovery)
+    save_weights(weights_uri(run_dir, step), ...)       # a trial end's best-per-task weights
+    record = load_weights(weights_uri(run_dir, step))   # what ray_mtl.evaluate scores
 
 A checkpoint is the full state of a run at a step: weights, optimizer, sampler, RNG, schedule, the
 best-per-task record with its weights, and what it was trained on (model config, vocabulary size,
 data manifest hash). ``meta.json`` repeats the small fields so tools can read them without torch.
+A trial's end also keeps a weights record: each task's best dev weights and what they fit, no
+optimizer (the checkpoints that hold them are collected once their branches have started).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import torch
 from ray_mtl.config import TrainConfig, to_dict
 from ray_mtl.errors import UserError
 from ray_mtl.schedule import Schedule
-from ray_mtl.storage import atomic_write_bytes, atomic_write_json, filesystem
+from ray_mtl.storage import atomic_write_bytes, atomic_write_json, filesystem, join, write_bytes
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 META_KEYS = ("segment", "step", "model", "vocab_size", "manifest_hash")
+WEIGHTS_DIR = "weights"
 
 
 def save_dir(directory: str | Path, state: dict[str, Any]) -> None:
@@ -48,17 +53,8 @@ def load(uri: str, cfg: TrainConfig, vocab_size: int, manifest_hash: str) -> dic
     data (manifest hash): a tokenizer with the same vocabulary size but other pieces would load
     and silently train on meaningless embeddings. The error says what differs.
     """
-    fs, path = filesystem(uri)
-    try:
-        with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
-            blob = f.read()
-    except (FileNotFoundError, OSError) as e:
-        raise UserError(f"{uri}: no checkpoint there ({STATE_FILE} not readable: {e})") from None
-    try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt file
-        first = (str(e).splitlines() or [""])[0]  # torch's messages run to several lines
-        raise UserError(f"{uri}: corrupt checkpoint ({type(e).__name__}: {first})") from None
+    blob = _read_blob(join(uri, STATE_FILE), uri, f"no checkpoint there, {STATE_FILE} not readable")
+    state = _unpickle(blob, uri)
     if not isinstance(state, dict) or "model_state" not in state:
         raise UserError(f"{uri}: not a ray_mtl checkpoint (no model_state)")
     theirs, ours = state.get("model"), to_dict(cfg.model)
@@ -74,6 +70,55 @@ def load(uri: str, cfg: TrainConfig, vocab_size: int, manifest_hash: str) -> dic
             "checkpoint of a run with the same data settings and tokenizer"
         )
     return state
+
+
+def _read_blob(uri: str, shown: str, what: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(f"{shown}: {what} ({e})") from None
+
+
+def _unpickle(blob: bytes, uri: str) -> Any:
+    try:
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt file
+        first = (str(e).splitlines() or [""])[0]  # torch's messages run to several lines
+        raise UserError(f"{uri}: corrupt checkpoint ({type(e).__name__}: {first})") from None
+
+
+def weights_uri(run_dir: str, step: int) -> str:
+    """Where a run keeps the best-per-task weights of a trial that ends at ``step``."""
+    return join(run_dir, WEIGHTS_DIR, f"step_{step:08d}.pt")
+
+
+def save_weights(
+    uri: str, *, step: int, cfg: TrainConfig, vocab_size: int, manifest_hash: str, best: Any
+) -> None:
+    """Each task's best dev weights at a trial's end (``BestPerTask``), written whole."""
+    record = {
+        "step": step,
+        "kind": cfg.kind,
+        "model": to_dict(cfg.model),
+        "vocab_size": vocab_size,
+        "manifest_hash": manifest_hash,
+        "best": best.best,
+        "weights": {str(s): w for s, w in best.weights.items()},
+    }
+    buf = io.BytesIO()
+    torch.save(record, buf)
+    write_bytes(uri, buf.getvalue())
+
+
+def load_weights(uri: str) -> dict[str, Any]:
+    """A weights record (``save_weights``): ``best`` maps each task to its best dev step, and
+    ``weights`` each such step to a state dict."""
+    record = _unpickle(_read_blob(uri, uri, "no saved weights there"), uri)
+    if not isinstance(record, dict) or not {"best", "weights", "model"} <= set(record):
+        raise UserError(f"{uri}: not a ray_mtl weights record (expected best, weights, model)")
+    return record
 
 
 def is_last(cfg: TrainConfig, state: dict[str, Any]) -> bool:

@@ -242,6 +242,16 @@ def check_name(name: str, field: str) -> None:
     check(ok, field, "a name of letters, digits, '_', '-', '.' (no '/' or '..')", name)
 
 
+RESERVED_SPLITS = ("train", "dev", "test")
+
+
+def check_split_name(name: str, field: str) -> None:
+    """An evaluation set's name: a split of the metrics (``<name>/<task>/bleu``), so a path-safe
+    name that is not train, dev or test."""
+    check_name(name, field)
+    check(name not in RESERVED_SPLITS, field, "a name other than train, dev, test", name)
+
+
 @dataclasses.dataclass
 class TaskSpec:
     """A user-supplied translation direction (the shipped Tatoeba pairs need none)."""
@@ -329,6 +339,11 @@ class DataConfig:
     train_pairs: dict[str, int] = dataclasses.field(default_factory=dict)
     """Per task, a cap on its training pairs: a seeded sample of N kept once dev and test are
     split off (they keep their sizes). Builds a stronger imbalance than the files hold."""
+    eval_sets: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    """Translation: per task, extra named evaluation sets ``{name: file}`` (formats as a custom
+    task's test files; e.g. FLORES-200 devtest beside Tatoeba's test). Training pairs sharing a
+    side with one are removed, as for test; each is scored (CE, BLEU, chrF) at every trial's end
+    on the trial's best-per-task weights, as the split ``<name>``."""
     max_len: int = 128
     """Token cap per side; longer pairs are dropped and counted. lm: longer documents are cut
     into rows of this many tokens (none dropped)."""
@@ -356,15 +371,24 @@ class DataConfig:
         check(ok, "max_pairs", "a positive integer or null", self.max_pairs)
         for name, n in self.train_pairs.items():
             check(n >= 1, f"train_pairs.{name}", "a positive integer", n)
+        for task, sets in self.eval_sets.items():
+            check(bool(sets), f"eval_sets.{task}", "{name: file, ...}", sets)
+            for name, file in sets.items():
+                check_split_name(name, f"eval_sets.{task}")
+                check(bool(file), f"eval_sets.{task}.{name}", "a TSV or Parquet file", file)
         check(self.max_len >= 8, "max_len", "an integer >= 8", self.max_len)
         t = self.tokenizer_temperature
         check(t >= 1, "tokenizer_temperature", "a number >= 1", t)
         check(self.tokenizer_sample >= 1000, "tokenizer_sample", ">= 1000", self.tokenizer_sample)
 
-    def check_train_pairs(self, at: str = "") -> None:
-        """Caps name tasks of this config (called once ``tasks`` is final)."""
-        for name in self.train_pairs:
-            check(name in self.tasks, f"{at}train_pairs.{name}", f"one of {self.tasks}", name)
+    def check_task_keys(self, at: str = "") -> None:
+        """Training caps and evaluation sets name tasks of this config (called once ``tasks``
+        and ``kind`` are final)."""
+        for field in ("train_pairs", "eval_sets"):
+            for name in getattr(self, field):
+                check(name in self.tasks, f"{at}{field}.{name}", f"one of {self.tasks}", name)
+        sets = sorted(self.eval_sets)
+        check(not sets or self.kind == "translation", f"{at}eval_sets", "none for kind 'lm'", sets)
 
     def check_kind(self, at: str = "") -> None:
         """Custom corpora of the other kind are refused (called once ``kind`` is final: by a run's
@@ -535,7 +559,11 @@ class EvalConfig:
     beam_size: int = 1
     """Translation: beam width for decoding; 1 is greedy."""
     test_at_end: bool = True
-    """Evaluate the best-per-task weights on the test sets at the end of a segment."""
+    """At each trial's end (a segment's end or a listed eval step), evaluate each task's best dev
+    weights on its test set and ``data.eval_sets``."""
+    keep_weights: bool = True
+    """At each trial's end, keep each task's best dev weights (``<run_dir>/weights/step_<N>.pt``,
+    one model copy per distinct best step) for ``python -m ray_mtl.evaluate``."""
 
     def __post_init__(self) -> None:
         check(self.every >= 1, "every", "a positive integer", self.every)
@@ -803,7 +831,7 @@ class SpaceConfig(RunSettings):
         ok = self.data.tasks in (self.tasks.all, DataConfig().tasks)
         check(ok, "data.tasks", "unset (the task groups name the tasks)", self.data.tasks)
         self.data.tasks = self.tasks.all
-        self.data.check_train_pairs("data.")
+        self.data.check_task_keys("data.")
         super().__post_init__()
         check(self.tokens_per_example >= 2, "tokens_per_example", ">= 2", self.tokens_per_example)
         check(self.max_concurrent >= 0, "max_concurrent", ">= 0", self.max_concurrent)

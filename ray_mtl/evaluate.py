@@ -1,5 +1,14 @@
 """Per-task evaluation: held-out cross-entropy, and BLEU/chrF of decoded translations; for
-language models, cross-entropy, bits per byte and perplexity.
+language models, cross-entropy, bits per byte and perplexity. And scoring a finished sweep on a
+file it never saw:
+
+    python -m ray_mtl.evaluate runs/cpu_paper --task eng-ron --file flores.tsv [--trials front]
+
+scores each chosen trial (``front``: every method's dev front; ``all``; or trial ids) from its
+saved best-per-task weights (``eval.keep_weights``) on the file's pairs (TSV or Parquet, as a
+task's test files), leaving out pairs that share a side with the task's training pairs. The
+scores join the sweep's results as the split ``--name`` (default: the file's stem), with
+sacrebleu's signatures, and the report lists them.
 
     metrics = evaluate_task(model, dev_table, prepared.decode, eval_pairs=500, bleu_pairs=100,
                             batch_tokens=4096, beam_size=1, device=device)
@@ -21,16 +30,31 @@ cross-entropy and perplexity (``exp(ce)``) are per token of this tokenizer.
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
+from ray_mtl import checkpoint
+from ray_mtl.config import (
+    ModelConfig,
+    SpaceConfig,
+    check,
+    check_split_name,
+    from_dict,
+    load_yaml,
+)
 from ray_mtl.data.tokenizer import BOS, PAD
-from ray_mtl.model import DecoderLM, Transformer, autocast, eval_mode, loss_fn, translate
+from ray_mtl.errors import UserError, cli
+from ray_mtl.model import DecoderLM, Transformer, autocast, eval_mode, loss_fn, new_model, translate
 from ray_mtl.sampler import length_batches
+from ray_mtl.storage import join
 
 Batch = tuple[torch.Tensor, ...]
 """The model's inputs, then the labels: (src, tgt_in, tgt_out), or (tgt_in, tgt_out) of an LM."""
@@ -161,3 +185,169 @@ def evaluate_task(
         for i, hyp in zip(idx, ids, strict=True):
             hypotheses[i] = decode_fn(hyp)
     return result | bleu_chrf(hypotheses, references)
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring a finished sweep on a new file
+# --------------------------------------------------------------------------------------------
+
+
+def chosen_trials(results, which: str) -> list[str]:
+    """``front``: every method's front members on dev (best value per task); ``all``: every
+    finished trial; otherwise comma-separated trial ids of the sweep."""
+    from ray_mtl.frontier import frontier
+
+    if which == "front":
+        fr = frontier(results)
+        return sorted({m["trial"] for v in fr["methods"].values() for m in v["front"]})
+    finished = results.trials.loc[results.trials["status"] == "finished", "trial"].tolist()
+    if which == "all":
+        return sorted(finished)
+    asked = [t.strip() for t in which.split(",") if t.strip()]
+    unknown = [t for t in asked if t not in set(results.trials["trial"])]
+    if unknown or not asked:
+        raise UserError(
+            f"--trials: unknown trial {unknown[0] if unknown else which!r} (expected front, all, "
+            f"or ids such as {', '.join(results.trials['trial'][:3])})"
+        )
+    return asked
+
+
+def _trial_end(results, trial: str) -> tuple[str, int]:
+    """(the segment a trial ends in, its final step)."""
+    import json
+
+    row = results.trials.set_index("trial").loc[trial]
+    return str(json.loads(row["lineage"])[-1]["segment"]), int(row["final_step"])
+
+
+def _file_pairs(file: str, task, prepared, max_len: int) -> tuple[pa.Table, dict[str, int]]:
+    """The file's pairs, encoded as the sweep encoded its test set, without those that share a
+    side with the task's training pairs; and how many were left out, and why."""
+    from ray_mtl.data.corpus import read_pairs
+    from ray_mtl.data.pipeline import encode_pairs
+    from ray_mtl.data.splits import dedupe
+
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise UserError(f"--file: {path}: file not found")
+    pairs, stats = read_pairs(path, columns=task.columns, extra_columns=task.extra_columns)
+    pairs, duplicate = dedupe(pairs)
+    train = prepared.shard(task.name, "train")
+    seen = set(train.column("src_text").to_pylist()), set(train.column("tgt_text").to_pylist())
+    clean = [p for p in pairs if p[0] not in seen[0] and p[1] not in seen[1]]
+    text = pa.table({"src": [p[0] for p in clean], "tgt": [p[1] for p in clean]})
+    tag = prepared.lang_tag_id(task.name)
+    table, too_long = encode_pairs(prepared.tokenizer(), text, tag, max_len)
+    left_out = {
+        "invalid": sum(stats.invalid.values()),
+        "duplicate": duplicate,
+        "in training data": len(pairs) - len(clean),
+        "too long": too_long,
+    }
+    if table.num_rows == 0:
+        raise UserError(f"--file: {path}: no pair left to score (left out: {left_out})")
+    return table, left_out
+
+
+def score_sweep(
+    sweep: str,
+    task_name: str,
+    file: str,
+    *,
+    name: str | None = None,
+    which: str = "front",
+    device: str = "cpu",
+) -> tuple[pd.DataFrame, dict[str, int], str]:
+    """Score the chosen trials of ``sweep`` on ``file`` for ``task_name`` and add the scores to
+    its results. Returns (a row per trial: CE, BLEU, chrF), what was left out, the rows' URI."""
+    from ray_mtl.data import prepare
+    from ray_mtl.data.catalog import data_dir, resolve_tasks
+    from ray_mtl.results import add_evaluation, load_results, metric_rows, signatures
+
+    results = load_results(sweep)
+    if results.kind != "translation":
+        why = "scoring a file of pairs is for translation"
+        raise UserError(f"{sweep}: a sweep of kind {results.kind!r}; {why}")
+    tasks = results.tasks["high"] + results.tasks["low"]
+    if task_name not in tasks:
+        raise UserError(f"--task: expected one of {', '.join(tasks)}, got {task_name!r}")
+    name = name or Path(file).name.split(".")[0]
+    check_split_name(name, "--name")
+    trials = chosen_trials(results, which)
+    ends = {t: _trial_end(results, t) for t in trials}
+    records = {}
+    for t, (seg, step) in ends.items():
+        uri = checkpoint.weights_uri(join(results.path, "segments", seg), step)
+        try:
+            records[t] = checkpoint.load_weights(uri)
+        except UserError as e:
+            raise UserError(
+                f"trial {t}: no saved weights to score ({e}); a trial keeps them when it has "
+                "finished and its sweep ran with eval.keep_weights"
+            ) from None
+    space_uri = join(results.path, "space.yaml")
+    space = from_dict(SpaceConfig, load_yaml(space_uri), space_uri)
+    trained = sorted({n for sets in space.data.eval_sets.values() for n in sets})
+    check(name not in trained, "--name", f"a name other than the sweep's own sets {trained}", name)
+    prepared = prepare(space.data, verbose=False)
+    tasks = resolve_tasks(space.data, data_dir(space.data).path)
+    (task,) = (x for x in tasks if x.name == task_name)
+    table, left_out = _file_pairs(file, task, prepared, space.data.max_len)
+    rows, sigs, out = [], {}, []
+    for t, record in records.items():
+        if record["manifest_hash"] != prepared.manifest_hash:
+            raise UserError(
+                f"trial {t}: its weights were trained on other prepared data (manifest hash "
+                f"{record['manifest_hash']}, {space_uri}'s data now prepares to "
+                f"{prepared.manifest_hash})"
+            )
+        model = new_model(space.kind, from_dict(ModelConfig, record["model"]), record["vocab_size"])
+        best_step = record["best"][task_name]["step"]
+        model.load_state_dict(record["weights"][str(best_step)])
+        scores = evaluate_task(
+            model.to(device),
+            table,
+            prepared.decode,
+            eval_pairs=table.num_rows,
+            bleu_pairs=table.num_rows,
+            batch_tokens=space.batch_tokens,
+            beam_size=space.eval.beam_size,
+            device=torch.device(device),
+        )
+        seg, step = ends[t]
+        flat = {f"{name}/{task_name}/{k}": v for k, v in scores.items()}
+        rows += metric_rows(seg, {"step": step, **flat, f"{name}/{task_name}/best_step": best_step})
+        sigs |= signatures(flat)
+        out.append(
+            {"trial": t, "pairs": table.num_rows, "best_step": best_step}
+            | {k: v for k, v in scores.items() if not k.endswith("_signature")}
+        )
+    uri = add_evaluation(results.path, name, rows, sigs)
+    return pd.DataFrame(out), left_out, uri
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m ray_mtl.evaluate",
+        description="Score a finished sweep's trials on a file of sentence pairs.",
+    )
+    p.add_argument("sweep", help="the sweep dir or storage URI")
+    p.add_argument("--task", required=True, help="the task the file's pairs are of, e.g. eng-ron")
+    p.add_argument("--file", required=True, help="TSV (source<TAB>target) or Parquet pairs")
+    p.add_argument("--name", help="the set's name in the results (default: the file's stem)")
+    p.add_argument("--trials", default="front", help="front (default), all, or trial ids a,b")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    scores, left_out, uri = score_sweep(
+        args.sweep, args.task, args.file, name=args.name, which=args.trials, device=args.device
+    )
+    dropped = ", ".join(f"{n:,} {why}" for why, n in left_out.items() if n) or "none"
+    print(scores.to_string(index=False, float_format="{:.4g}".format))
+    print(f"left out of {args.file}: {dropped}\nscores: {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

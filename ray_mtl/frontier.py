@@ -168,13 +168,13 @@ def trial_points(
 
     ``best``: per task, the best value over the trial's curve (early stopping per task);
     ``final``: the last value at or before ``final_step`` (a partial trial's latest value).
-    ``split="test"`` (``at="best"`` only): the last test value at or before ``final_step``, that
-    of the weights of the task's best dev step, so dev alone chooses. Axes with task
-    ``high``/``low`` average that group's per-task values.
+    ``split="test"`` or an evaluation set's name (``at="best"`` only): the last value at or
+    before ``final_step``, that of the weights of the task's best dev step, so dev alone
+    chooses. Axes with task ``high``/``low`` average that group's per-task values.
     """
     if at not in ("best", "final"):
         raise UserError(f"at: expected 'best' or 'final', got {at!r}")
-    if split == "test" and at != "best":
+    if split != "dev" and at != "best":
         raise UserError(
             "at: test values exist at each task's best dev weights only; expected 'best'"
         )
@@ -187,7 +187,7 @@ def trial_points(
     out = config.set_index("trial")
     for metric in dict.fromkeys(m for _, m in axes):
         m = c[c["metric"] == metric]
-        if at == "final" or split == "test":
+        if at == "final" or split != "dev":
             per_task = m.sort_values("step").groupby(["trial", "task"])["value"].last()
         elif SENSES[metric] < 0:
             per_task = m.groupby(["trial", "task"])["value"].min()

@@ -507,6 +507,23 @@ def perplexity_table(
     return pts[["trial", "method", *(axis_name((t, "ppl")) for t in tasks)]]
 
 
+def evaluation_sets_table(results: Results, curves: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each trial's scores on the sets beyond test (``data.eval_sets``, ``ray_mtl.evaluate``), at
+    each task's best dev weights: a row per trial, set and task, scored at the trial's end only
+    (an ancestor's score on a shared trunk is not the trial's)."""
+    curves = trial_curves(results) if curves is None else curves
+    final = results.trials.set_index("trial")["final_step"]
+    c = curves[~curves["split"].isin(["train", "dev", "test"])]
+    c = c[(c["step"] == c["trial"].map(final)) & c["metric"].isin(["ce", "bleu", "chrf"])]
+    if c.empty:
+        return pd.DataFrame()
+    table = c.pivot_table("value", ["trial", "split", "task"], "metric").reset_index()
+    methods = results.trials.set_index("trial")["method"]
+    table.insert(1, "method", table["trial"].map(methods))
+    table = table.rename(columns={"split": "set"}).rename_axis(columns=None)
+    return table.sort_values(["set", "task", "method", "trial"], ignore_index=True)
+
+
 def _html(results: Results, fr: dict, images: dict[str, bytes], curves=None) -> str:
     figs = "\n".join(
         f'<h2>{FIGURES[name]}</h2>\n<a href="{name}.png"><img alt="{name}.png" '
@@ -523,6 +540,10 @@ def _html(results: Results, fr: dict, images: dict[str, bytes], curves=None) -> 
     if not ppl.empty:
         ppl = ppl.to_html(index=False, na_rep="", float_format="{:.4g}".format)
         table += f"\n<h2>Perplexity of the frontier points (dev, per token)</h2>{ppl}"
+    extra = evaluation_sets_table(results, curves)
+    if not extra.empty:
+        extra = extra.to_html(index=False, na_rep="", float_format="{:.4g}".format)
+        table += f"\n<h2>Other evaluation sets (each task at its best dev weights)</h2>{extra}"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title(results))}</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:auto}}

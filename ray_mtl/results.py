@@ -9,7 +9,9 @@ curves, accounting) is a query of it. Each segment's rows are ``segments/<id>/me
 written as they are reported; ``metrics.parquet`` and ``trials.parquet`` merge them when a sweep
 ends. Until then (or after a crash) ``load_results`` assembles the same tables from the
 per-segment rows and ``plan.json``, so a report can be drawn at any time, unfinished trials
-marked. Everything goes through ``ray_mtl.storage``: local paths, ``file://``, ``s3://``, ``gs://``.
+marked. Scores of a finished sweep on a file it never saw (``python -m ray_mtl.evaluate``) are
+rows too, ``evaluations/<name>/metrics.parquet``, read with the rest. Everything goes through
+``ray_mtl.storage``: local paths, ``file://``, ``s3://``, ``gs://``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ray_mtl.storage import (
     is_dir,
     is_file,
     join,
+    list_dir,
     parent,
     read_parquet,
     read_text,
@@ -58,7 +61,7 @@ GROUPS = ("high", "low")
 SWEEP_ENTRIES = frozenset(
     {"space.yaml", "plan.json", "results.json", "tree_state.json", "timeline.json", "tune"}
     | {"segments", "metrics.parquet", "trials.parquet", "frontier.json", "frontier.parquet"}
-    | {"report"}
+    | {"report", "evaluations", "tensorboard", "mlruns"}
 )
 """What a sweep writes in its dir (``--overwrite`` deletes these and nothing else)."""
 STATUSES = ("pending", "running", "finished", "diverged", "failed")
@@ -236,6 +239,32 @@ def read_meta(sweep: str) -> dict:
     return _read_json(sweep, "results.json") if is_file(join(sweep, "results.json")) else {}
 
 
+def evaluation_rows_uri(sweep: str, name: str) -> str:
+    """Where ``python -m ray_mtl.evaluate`` keeps a sweep's scores on the set ``name``."""
+    return join(sweep, "evaluations", name, "metrics.parquet")
+
+
+def _evaluation_uris(sweep: str) -> list[str]:
+    uris = [evaluation_rows_uri(sweep, n) for n in list_dir(join(sweep, "evaluations"))]
+    return [u for u in uris if is_file(u)]
+
+
+def add_evaluation(sweep: str, name: str, rows: list[dict], sigs: dict[str, str]) -> str:
+    """Add a set's rows (replacing earlier scores of the same trial ends and task) and their
+    sacrebleu signatures; returns the rows' URI."""
+    uri = evaluation_rows_uri(sweep, name)
+    new = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    if is_file(uri):
+        old = read_parquet(uri).to_pandas()
+        ends = set(zip(new["segment"], new["step"], new["task"], strict=True))
+        kept = [k not in ends for k in zip(old["segment"], old["step"], old["task"], strict=True)]
+        new = pd.concat([old[kept], new], ignore_index=True)
+    table = pa.Table.from_pandas(new, preserve_index=False).cast(METRIC_SCHEMA)
+    write_parquet(uri, table)
+    write_text(signatures_uri(uri), json.dumps(sigs, sort_keys=True))
+    return uri
+
+
 def _segment_metrics(sweep: str, plan: dict) -> pd.DataFrame:
     tables = [
         read_parquet(uri).select(list(METRIC_COLUMNS)).cast(METRIC_SCHEMA)
@@ -350,6 +379,9 @@ def load_results(sweep: str | Path) -> Results:
     else:
         trials = _read_table(join(sweep, "trials.parquet"), TRIAL_COLUMNS)
         metrics = _read_table(join(sweep, "metrics.parquet"), METRIC_COLUMNS)
+    if scored := _evaluation_uris(sweep):
+        tables = [read_parquet(u).select(list(METRIC_COLUMNS)).cast(METRIC_SCHEMA) for u in scored]
+        metrics = pd.concat([metrics, pa.concat_tables(tables).to_pandas()], ignore_index=True)
     if trials.empty:
         raise UserError(f"{join(sweep, 'trials.parquet')}: no trials (empty sweep)")
     if metrics.empty:
@@ -372,8 +404,8 @@ def load_results(sweep: str | Path) -> Results:
 def sweep_signatures(sweep: str, segments: list[str]) -> dict[str, list[str]]:
     """Every signature the segments' BLEU and chrF values were scored with, per metric."""
     found: dict[str, set[str]] = {}
-    for seg in segments:
-        uri = signatures_uri(segment_rows_uri(sweep, seg))
+    rows = [segment_rows_uri(sweep, seg) for seg in segments] + _evaluation_uris(sweep)
+    for uri in map(signatures_uri, rows):
         if is_file(uri):
             for metric, sig in json.loads(read_text(uri)).items():
                 found.setdefault(metric, set()).add(sig)

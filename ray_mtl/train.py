@@ -181,12 +181,14 @@ class BestPerTask:
         self.weights = {s: w for s, w in self.weights.items() if s in keep}
 
     def test(self, cfg, model, prepared, device) -> dict[str, Any]:
-        """Each task's test metrics from its best dev weights (the model is given back as is)."""
+        """Each task's test metrics, and those of its evaluation sets, from its best dev weights
+        (the model is given back as is)."""
         final = {k: v.detach().clone() for k, v in model.state_dict().items()}
         out: dict[str, Any] = {}
         for t in prepared.tasks:
             model.load_state_dict(self.weights[self.best[t]["step"]])
-            out |= evaluate_split(cfg, model, prepared, "test", device, tasks=[t])
+            for split in ("test", *prepared.eval_sets(t)):
+                out |= evaluate_split(cfg, model, prepared, split, device, tasks=[t])
             out[f"test/{t}/best_step"] = self.best[t]["step"]
         model.load_state_dict(final)
         return out
@@ -324,6 +326,15 @@ def train(
             ends = done == schedule.end_step or done in cfg.eval_steps
             if ends and cfg.eval.test_at_end:
                 metrics.update(best.test(cfg, raw_model, prepared, worker.device))
+            if ends and cfg.eval.keep_weights:
+                checkpoint.save_weights(
+                    checkpoint.weights_uri(cfg.run_dir, done),
+                    step=done,
+                    cfg=cfg,
+                    vocab_size=vocab,
+                    manifest_hash=prepared.manifest_hash,
+                    best=best,
+                )
             metrics["eval_s"] = time.perf_counter() - evaluated
             print_progress(metrics, tasks, schedule.end_step)
             if done in ckpt_at:

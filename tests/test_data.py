@@ -410,3 +410,41 @@ def test_a_training_cap_samples_train_only_and_keeps_order():
     assert again.train == capped.train
     more = make_splits("eng-ron", pairs, None, train_cap=10_000, **kw)
     assert more.train == whole.train  # a cap above the pairs there keeps them all
+
+
+def test_an_evaluation_set_is_held_out_like_test(shared_data, tmp_path):
+    """A task's extra evaluation set (``data.eval_sets``) is read, kept whole as its own split
+    and removed from training (both sides); the other task's cleaned splits stay cached."""
+    out = tmp_path / "out"
+    plain = small_cfg(shared_data, out, tasks=["eng-fra", "eng-ron"])
+    before = prepare(plain, verbose=False)
+    held = before.shard("eng-ron", "train").slice(0, 40)  # 40 pairs it trained on
+    src, tgt = (held.column(c).to_pylist() for c in ("src_text", "tgt_text"))
+    rows = [f"{s}\t{t}\n" for s, t in zip(src, tgt, strict=True)]
+    extra = tmp_path / "extra.tsv"
+    extra.write_text("".join(rows + rows[:3]))  # and 3 duplicates
+    cfg = small_cfg(shared_data, out, tasks=["eng-fra", "eng-ron"])
+    cfg.eval_sets = {"eng-ron": {"extra": str(extra)}}
+    data = prepare(cfg, verbose=False)
+    assert "clean:eng-ron" in data.built and "clean:eng-fra" not in data.built
+    assert data.eval_sets("eng-ron") == ["extra"] and data.eval_sets("eng-fra") == []
+    shard = data.shard("eng-ron", "extra")
+    assert shard.column("src_text").to_pylist() == held.column("src_text").to_pylist()
+    assert data.manifest["tasks"]["eng-ron"]["counts"]["eval_sets"] == {"extra": 40}
+    extra_src, extra_tgt = texts(data, "eng-ron", "extra")
+    for split in ("train", "dev"):
+        src, tgt = texts(data, "eng-ron", split)
+        assert not src & extra_src and not tgt & extra_tgt, split
+    with pytest.raises(UserError, match="split: expected one of train, dev, test, extra"):
+        data.shard("eng-ron", "flores")
+
+
+def test_evaluation_sets_are_removed_from_train_and_dev():
+    pairs = [(f"en {i}", f"ro {i}") for i in range(400)]
+    kw = dict(dev_size=20, dev_fraction=0.1, seed=0)
+    held = [("en 7", "other"), ("other", "ro 9"), ("en 7", "other")]
+    s = make_splits("eng-ron", pairs, [("en x", "ro x")], eval_sets={"extra": held}, **kw)
+    assert s.eval_sets == {"extra": held[:2]}  # deduplicated, in order
+    kept = {p for split in (s.train, s.dev) for p in split}
+    assert not {("en 7", "ro 7"), ("en 9", "ro 9")} & kept
+    assert len(s.train) + len(s.dev) == 398 and s.decontaminated == 2

@@ -41,6 +41,8 @@ class Task:
     catalogue: bool = False
     """Its files are the catalogue's under the data root (not a custom task's own paths)."""
     extra_columns: str = "error"
+    eval_sets: tuple[tuple[str, Path], ...] = ()
+    """Extra named evaluation sets (``data.eval_sets``), each (name, file)."""
 
     @property
     def tag(self) -> str:
@@ -150,8 +152,9 @@ def resolve_tasks(cfg: DataConfig, root: Path) -> list[Task]:
     custom = {t.name: t for t in cfg.custom_tasks}
     tasks = []
     for i, name in enumerate(cfg.tasks):
+        sets = tuple((k, _path(f)) for k, f in cfg.eval_sets.get(name, {}).items())
         if name in custom:
-            tasks.append(_custom(custom[name]))
+            tasks.append(_custom(custom[name], sets))
         elif name in {f"eng-{lang}" for lang in TATOEBA_LANGS}:
             lang = name.removeprefix("eng-")
             tatoeba = root / "tatoeba"
@@ -163,6 +166,7 @@ def resolve_tasks(cfg: DataConfig, root: Path) -> list[Task]:
                     (tatoeba / "train" / f"{name}.tsv.gz",),
                     (tatoeba / "test" / f"{name}.tsv.gz",),
                     catalogue=True,
+                    eval_sets=sets,
                 )
             )
         else:
@@ -174,16 +178,18 @@ def resolve_tasks(cfg: DataConfig, root: Path) -> list[Task]:
     return tasks
 
 
-def _custom(spec: TaskSpec) -> Task:
-    def paths(files: list[str]) -> tuple[Path, ...]:
-        return tuple(Path(f).expanduser().resolve() for f in files)
+def _path(file: str) -> Path:
+    return Path(file).expanduser().resolve()
 
+
+def _custom(spec: TaskSpec, eval_sets: tuple[tuple[str, Path], ...]) -> Task:
     return Task(
         spec.name,
         spec.src_lang,
         spec.tgt_lang,
-        paths(spec.train),
-        paths(spec.test),
+        tuple(map(_path, spec.train)),
+        tuple(map(_path, spec.test)),
         (spec.src_column, spec.tgt_column),
         extra_columns=spec.extra_columns,
+        eval_sets=eval_sets,
     )

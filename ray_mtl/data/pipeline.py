@@ -62,7 +62,7 @@ def prepare(cfg: DataConfig, *, verbose: bool = True) -> Prepared:
     """Build (or reuse) the prepared data dir for ``cfg``; ``Prepared.built`` lists what ran."""
     log = _logger(verbose)
     cfg.check_kind()
-    cfg.check_train_pairs()
+    cfg.check_task_keys()
     out = ensure_writable_dir(Path(cfg.out_dir) if cfg.out_dir else cache_root(), "output dir")
     root = data_dir(cfg)
     log(f"corpora: {root.source} {root.path}")
@@ -89,7 +89,7 @@ def prepare(cfg: DataConfig, *, verbose: bool = True) -> Prepared:
             shutil.copy2(tok_dir / "tokenizer.model", tmp / "tokenizer.model")
             for t in tasks:
                 (tmp / "shards" / t.name).mkdir(parents=True)
-                for split in SPLITS:
+                for split in split_names(cleaned[t.name]):
                     _link(
                         encoded[t.name]["dir"] / f"{split}.parquet",
                         tmp / "shards" / t.name / f"{split}.parquet",
@@ -125,6 +125,12 @@ def _columns(task: Task | Language) -> list[tuple[str, str]]:
 
 def _clean(task: Task | Language, cfg: DataConfig, stages: Path, log, built: list[str]) -> dict:
     files = {split: [_file_info(p) for p in getattr(task, split)] for split in ("train", "test")}
+    eval_sets = getattr(task, "eval_sets", ())  # languages have none
+    for name, path in eval_sets:  # keyed only when set: the caches of other tasks stay valid
+        try:
+            files[f"eval_sets.{name}"] = [_file_info(path)]
+        except UserError as e:
+            raise UserError(f"eval_sets.{task.name}.{name}: {e}") from None
     settings = _clean_settings(cfg)
     if task.name in cfg.train_pairs:  # only then: the caches of uncapped tasks stay valid
         settings["train_pairs"] = cfg.train_pairs[task.name]
@@ -141,6 +147,10 @@ def _clean(task: Task | Language, cfg: DataConfig, stages: Path, log, built: lis
 
     train, train_stats = _read(task, "train", cfg, log)
     test, test_stats = _read(task, "test", cfg, log) if task.test else (None, ReadStats())
+    held = {}
+    for name, path in eval_sets:
+        held[name], stats = _read(task, name, cfg, log, [path])
+        files[f"eval_sets.{name}"][0]["lines"] = stats.lines
     label = None
     if isinstance(task, Language):
         label = f"language {task.name} ({', '.join(str(p) for p in task.train + task.test)})"
@@ -153,6 +163,7 @@ def _clean(task: Task | Language, cfg: DataConfig, stages: Path, log, built: lis
         seed=cfg.seed,
         label=label,
         train_cap=cfg.train_pairs.get(task.name),
+        eval_sets=held,
     )
     for f, n in zip(
         files["train"] + files["test"], train_stats.per_file + test_stats.per_file, strict=True
@@ -173,10 +184,12 @@ def _clean(task: Task | Language, cfg: DataConfig, stages: Path, log, built: lis
         ),
         train_text=_digest(splits.train),
     )
+    if held:
+        meta["counts"]["eval_sets"] = {k: len(v) for k, v in splits.eval_sets.items()}
     names = [column for column, _ in _columns(task)]
     with atomic_dir(final) as tmp:
-        for split in SPLITS:
-            rows = getattr(splits, split)
+        for split in split_names(meta):
+            rows = splits.eval_sets[split] if split in held else getattr(splits, split)
             table = pa.table(
                 {name: [r[i] for r in rows] for i, name in enumerate(names)},
                 schema=pa.schema([(name, pa.string()) for name in names]),
@@ -192,10 +205,18 @@ def _clean(task: Task | Language, cfg: DataConfig, stages: Path, log, built: lis
     return _meta(final)
 
 
-def _read(task: Task | Language, split: str, cfg: DataConfig, log) -> tuple[list, ReadStats]:
+def split_names(clean: dict) -> list[str]:
+    """A task's splits, from its clean stage's meta: train, dev, test, its evaluation sets."""
+    return [*SPLITS, *clean["counts"].get("eval_sets", {})]
+
+
+def _read(
+    task: Task | Language, split: str, cfg: DataConfig, log, paths: list[Path] | None = None
+) -> tuple[list, ReadStats]:
+    """The items of ``split``'s files (default: the task's own for that split)."""
     items: list[tuple[str, ...]] = []  # pairs, or 1-tuples of documents
     stats = ReadStats()
-    for path in getattr(task, split):
+    for path in getattr(task, split) if paths is None else paths:
         log(f"reading {task.name} {split} ({path.name}) ...", end="")
         limits = dict(max_lines=cfg.max_pairs, strict=cfg.strict)
         if isinstance(task, Language):
@@ -280,12 +301,12 @@ def _encode(
     too_long, rows = {}, {}
     log(f"encoding {task.name} ...", end="")
     with atomic_dir(final) as tmp:
-        for split in SPLITS:
+        for split in split_names(clean):
             text = pq.read_table(clean["dir"] / f"{split}.parquet")
             if isinstance(task, Language):
                 table, too_long[split] = _encode_documents(sp, text, cfg.max_len), 0
             else:
-                table, too_long[split] = _encode_split(
+                table, too_long[split] = encode_pairs(
                     sp, text, sp.piece_to_id(task.tag), cfg.max_len
                 )
             rows[split] = table.num_rows
@@ -300,7 +321,7 @@ def _encode(
     return _meta(final)
 
 
-def _encode_split(sp, text: pa.Table, tag: int, max_len: int) -> tuple[pa.Table, int]:
+def encode_pairs(sp, text: pa.Table, tag: int, max_len: int) -> tuple[pa.Table, int]:
     """src = [tag] + pieces + [EOS], tgt = pieces + [EOS]; pairs with a side over max_len go."""
     src_text, tgt_text = text.column("src").to_pylist(), text.column("tgt").to_pylist()
     src_ids = sp.encode(src_text, num_threads=2)
@@ -356,6 +377,8 @@ def _manifest(key, cfg, tasks, cleaned, encoded, tok_key, tok_dir) -> dict:
         c["too_long"] = sum(too_long.values())
         for split in SPLITS:
             c[split] -= too_long[split]
+        if "eval_sets" in c:
+            c["eval_sets"] = {k: n - too_long[k] for k, n in c["eval_sets"].items()}
         if isinstance(t, Language):
             # counts are documents; rows (what the sampler draws) may be more: long ones are cut
             what = dict(lang=t.name, rows=encoded[t.name]["rows"])

@@ -2,11 +2,13 @@
 
     data = load_prepared(root)       # or prepare(cfg), which returns the same thing
     data.shard("eng-ron", "train")   # pyarrow Table: src, tgt (list<int32>), src_text, tgt_text
+    data.shard("eng-ron", "flores")  # an evaluation set of data.eval_sets, columns as test's
     data.shard("ron", "dev")         # kind lm: ids (list<int32>), text, bytes (int32) per row
     data.sequences("eng-ron")        # what the sampler draws: (src or None for lm, tgt or ids)
     data.decode(ids)                 # ids -> text, without pad/bos/eos/language tag
 
-Layout of ``root``: ``manifest.json``, ``tokenizer.model``, ``shards/<task>/<split>.parquet``.
+Layout of ``root``: ``manifest.json``, ``tokenizer.model``, ``shards/<task>/<split>.parquet``
+(splits: train, dev, test and the task's evaluation sets).
 Only the path is needed to rebuild a ``Prepared`` in another process.
 """
 
@@ -80,15 +82,19 @@ class Prepared:
     def shard(self, task: str, split: str) -> pa.Table:
         """The task's split, memory-mapped (columns src, tgt, src_text, tgt_text; lm: ids, text,
         bytes)."""
-        self._task(task)
-        if split not in SPLITS:
-            raise UserError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        splits = (*SPLITS, *self.eval_sets(task))
+        if split not in splits:
+            raise UserError(f"split: expected one of {', '.join(splits)}, got {split!r}")
         if (task, split) not in self._shards:
             path = self.root / "shards" / task / f"{split}.parquet"
             # ParquetFile rather than read_table: the same table without importing
             # pyarrow.dataset, 1-2 s of every Ray Train worker's start on 2 cores.
             self._shards[task, split] = pq.ParquetFile(path, memory_map=True).read()
         return self._shards[task, split]
+
+    def eval_sets(self, task: str) -> list[str]:
+        """The names of the task's extra evaluation sets (``data.eval_sets``), in order."""
+        return list(self._task(task)["counts"].get("eval_sets", {}))
 
     def sequences(self, task: str, split: str = "train") -> tuple[pa.ChunkedArray | None, ...]:
         """The id lists a sampler draws: (source, target) of pairs; (None, ids) of documents."""

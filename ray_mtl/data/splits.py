@@ -4,18 +4,18 @@
     split = make_splits("ron", [(doc,) for doc in docs], None, ...)   # lm: one side, the document
 
 Order matters: exact duplicates go first; test is the shipped test file (or, when a task has
-none, carved from train like dev); train pairs whose source or target side is in test are
-removed; dev is carved from what is left (fixed seed); train pairs sharing a side with dev are
-removed; a ``train_cap`` then keeps a seeded sample of that many train pairs, in order. So no
-normalised sentence of dev or test appears on either side of train, and dev and
-test share none either. Items are tuples of sides: pairs, or 1-tuples of a language model's
-documents, split alike.
+none, carved from train like dev); train pairs whose source or target side is in test, or in one
+of the task's extra evaluation sets, are removed; dev is carved from what is left (fixed seed);
+train pairs sharing a side with dev are removed; a ``train_cap`` then keeps a seeded sample of
+that many train pairs, in order. So no normalised sentence of dev, test or an evaluation set
+appears on either side of train, and dev shares none with them either. Items are tuples of
+sides: pairs, or 1-tuples of a language model's documents, split alike.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ray_mtl.data.corpus import Pair
 from ray_mtl.errors import UserError
@@ -29,7 +29,9 @@ class Splits:
     duplicate: int
     """Exact duplicate pairs dropped (within train files, within test files)."""
     decontaminated: int
-    """Train pairs dropped because a side appears in dev or test."""
+    """Train pairs dropped because a side appears in dev, test or an evaluation set."""
+    eval_sets: dict[str, list[Pair]] = field(default_factory=dict)
+    """Extra named evaluation sets, deduplicated, as given."""
 
 
 def dedupe(pairs: list[Pair]) -> tuple[list[Pair], int]:
@@ -48,9 +50,10 @@ def make_splits(
     seed: int,
     label: str | None = None,
     train_cap: int | None = None,
+    eval_sets: dict[str, list[Pair]] | None = None,
 ) -> Splits:
     """Split one task's pairs (or documents); a UserError names the task (``label``, default
-    ``task <task>``) if no training item survives."""
+    ``task <task>``) if no training item survives. ``eval_sets`` are held out like test."""
     # A string seed is hashed deterministically (sha512), so splits are stable across runs.
     rng = random.Random(f"{seed}:{task}")
     documents = bool(train) and len(train[0]) == 1
@@ -60,8 +63,10 @@ def make_splits(
     else:
         test, dups = dedupe(test)
         duplicate += dups
+    held = {name: dedupe(items)[0] for name, items in (eval_sets or {}).items()}
     before = len(pool)
-    pool = _decontaminate(pool, test)
+    for items in (test, *held.values()):
+        pool = _decontaminate(pool, items)
     dev, pool = _carve(pool, dev_size, dev_fraction, rng)
     train = _decontaminate(pool, dev)
     decontaminated = before - len(dev) - len(train)
@@ -79,7 +84,7 @@ def make_splits(
             f"{decontaminated:,} {why} in its dev or test set (expected a train set larger "
             "than, and different from, its test set)"
         )
-    return Splits(train, dev, test, duplicate, decontaminated)
+    return Splits(train, dev, test, duplicate, decontaminated, held)
 
 
 def _carve(
