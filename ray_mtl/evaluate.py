@@ -54,7 +54,7 @@ from ray_mtl.data.tokenizer import BOS, PAD
 from ray_mtl.errors import UserError, cli
 from ray_mtl.model import DecoderLM, Transformer, autocast, eval_mode, loss_fn, new_model, translate
 from ray_mtl.sampler import length_batches
-from ray_mtl.storage import join
+from ray_mtl.storage import is_file, join
 
 Batch = tuple[torch.Tensor, ...]
 """The model's inputs, then the labels: (src, tgt_in, tgt_out), or (tgt_in, tgt_out) of an LM."""
@@ -279,13 +279,12 @@ def score_sweep(
     records = {}
     for t, (seg, step) in ends.items():
         uri = checkpoint.weights_uri(join(results.path, "segments", seg), step)
-        try:
-            records[t] = checkpoint.load_weights(uri)
-        except UserError as e:
+        if not is_file(uri):
             raise UserError(
-                f"trial {t}: no saved weights to score ({e}); a trial keeps them when it has "
-                "finished and its sweep ran with eval.keep_weights"
-            ) from None
+                f"trial {t}: no saved weights to score ({uri} is not there); a trial keeps them "
+                "once it has finished, in a sweep run with eval.keep_weights"
+            )
+        records[t] = checkpoint.load_weights(uri)
     space_uri = join(results.path, "space.yaml")
     space = from_dict(SpaceConfig, load_yaml(space_uri), space_uri)
     trained = sorted({n for sets in space.data.eval_sets.values() for n in sets})

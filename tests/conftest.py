@@ -9,6 +9,7 @@ in milliseconds without it.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import socket
@@ -156,12 +157,16 @@ def smoke_sweep(ray_session, shared_data, tmp_path_factory) -> Path:
     with a ``file://`` storage URI.
 
     Returns the sweep dir (``<storage>/smoke``) with results, frontier, report and the trials'
-    TensorBoard runs and MLflow store.
+    TensorBoard runs and MLflow store. eng-ron has an extra evaluation set, ``extra``: the first
+    50 lines of its training file, so they are held out of training.
     """
     from ray_mtl.tune import main
 
     storage = tmp_path_factory.mktemp("sweeps")
-    space = sized_space(storage, "smoke", tracking={"mlflow": True})
+    with gzip.open(shared_data / "tatoeba" / "train" / "eng-ron.tsv.gz", "rt") as f:
+        (storage / "extra.tsv").write_text("".join(next(f) for _ in range(50)))
+    extra = {"eval_sets": {"eng-ron": {"extra": str(storage / "extra.tsv")}}}
+    space = sized_space(storage, "smoke", tracking={"mlflow": True}, data=extra)
     assert main(["--space", str(space), "--storage", f"file://{storage}"]) == 0
     return storage / "smoke"
 

@@ -1,4 +1,5 @@
-"""Bad input to every CLI (prepare, train, tune, report): one clear line, exit 2, nothing torn.
+"""Bad input to every CLI (prepare, train, tune, report, evaluate): one clear line, exit 2,
+nothing torn.
 
     .venv/bin/python -m pytest -q tests/test_bad_input.py
 
@@ -25,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from ray_mtl import checkpoint, prepare, report, train, tune
+from ray_mtl import checkpoint, evaluate, prepare, report, train, tune
 from ray_mtl.config import (
     DataConfig,
     EvalConfig,
@@ -42,6 +43,7 @@ from ray_mtl.model import Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 MAINS = {"prepare": prepare.main, "train": train.main, "tune": tune.main, "report": report.main}
+MAINS["evaluate"] = evaluate.main
 TASKS = ["eng-fra", "eng-ron"]
 
 
@@ -537,6 +539,29 @@ def case_tune_train_pairs_of_an_unknown_task(ctx):
     return "tune", ["--space", path], expected
 
 
+def case_prepare_eval_set_missing_file(ctx):
+    sets = {"eng-ron": {"flores": str(ctx.tmp / "flores.tsv")}}
+    data = ctx.write("data.yaml", json.dumps({"tasks": TASKS, "eval_sets": sets}))
+    argv = prepare_argv(ctx, "--config", data, "--out-dir", str(ctx.tmp / "out"))
+    return "prepare", argv, ["eval_sets.eng-ron.flores:", "flores.tsv: file not found"]
+
+
+def case_tune_eval_set_named_test(ctx):
+    def edit(s):
+        s["data"] |= {"eval_sets": {"eng-ron": {"test": "flores.tsv"}}}
+
+    expected = ["data.eval_sets.eng-ron: expected a name other than train, dev, test", "'test'"]
+    return "tune", ["--space", ctx.space_yaml(edit)], expected
+
+
+def case_tune_eval_sets_of_an_unknown_task(ctx):
+    def edit(s):
+        s["data"] |= {"eval_sets": {"eng-deu": {"flores": "flores.tsv"}}}
+
+    expected = ["data.eval_sets.eng-deu: expected one of ['eng-fra', 'eng-ron']"]
+    return "tune", ["--space", ctx.space_yaml(edit)], expected
+
+
 def case_tune_unreachable_mlflow_server(ctx):
     def edit(s):
         s["tracking"] = {"mlflow": "http://127.0.0.1:9"}
@@ -667,6 +692,22 @@ def case_report_out_holds_other_files(ctx):
 def case_report_out_is_the_sweep(ctx):
     sweep = toy_sweep(ctx)
     return "report", [sweep, "--out", sweep], ["--out holds files the report did not write"]
+
+
+def case_evaluate_a_trial_without_saved_weights(ctx):
+    argv = [toy_sweep(ctx), "--task", "eng-ron", "--file", ctx.write("new.tsv", "Hi.\tSalut.\n")]
+    expected = ["trial sc-w0.5-s0: no saved weights to score", "step_00000004.pt"]
+    return "evaluate", argv, expected
+
+
+def case_evaluate_an_unknown_trial(ctx):
+    argv = [toy_sweep(ctx), "--task", "eng-ron", "--file", "new.tsv", "--trials", "sc-w0.9-s0"]
+    return "evaluate", argv, ["--trials: unknown trial 'sc-w0.9-s0'", "sc-w0.5-s0"]
+
+
+def case_evaluate_an_unknown_task(ctx):
+    argv = [toy_sweep(ctx), "--task", "eng-deu", "--file", "new.tsv"]
+    return "evaluate", argv, ["--task: expected one of eng-fra, eng-ron, got 'eng-deu'"]
 
 
 def case_tune_unreachable_storage(ctx):

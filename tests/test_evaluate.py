@@ -1,19 +1,26 @@
-"""Per-task evaluation on a real SentencePiece model, real Tatoeba pairs and real sacrebleu.
+"""Per-task evaluation on a real SentencePiece model, real Tatoeba pairs and real sacrebleu; and
+``python -m ray_mtl.evaluate`` scoring the session's smoke sweep on new files.
 
 .venv/bin/python -m pytest -q tests/test_evaluate.py
 """
 
 from __future__ import annotations
 
+import gzip
 import math
+import shutil
 
 import pytest
 import sacrebleu
 import torch
 from test_model import MEMORISED, decoder, random_model, targets
 
+from ray_mtl import evaluate, report
+from ray_mtl.config import SpaceConfig, load
+from ray_mtl.data import prepare
 from ray_mtl.data.tokenizer import BOS, PAD
 from ray_mtl.evaluate import batches_from_table, bleu_chrf, cross_entropy, evaluate_task
+from ray_mtl.results import load_results
 
 
 def test_batches_from_table(table):
@@ -99,3 +106,49 @@ def test_evaluate_task_on_a_memorised_set(overfit, sp):
     assert evaluate_task(model, tbl, decoder(sp), bleu_pairs=0, beam_size=1, **kw) == {
         "ce": result["ce"]
     }
+
+
+def test_scoring_a_finished_sweep_on_a_new_file(smoke_sweep, shared_data, tmp_path, capsys):
+    sweep = tmp_path / "smoke"
+    shutil.copytree(smoke_sweep, sweep)  # the session's sweep stays as it ran
+    finished = sorted(load_results(sweep).trials.query("status == 'finished'")["trial"])
+
+    # The sweep's own evaluation set again, as a new file: the saved weights give the CE that
+    # the trials measured at their end (CE over all 50 pairs both times; BLEU there used 16).
+    again = tmp_path / "again.tsv"
+    shutil.copy(smoke_sweep.parent / "extra.tsv", again)
+    argv = [str(sweep), "--task", "eng-ron", "--file", str(again), "--trials", "all"]
+    assert evaluate.main(argv) == 0
+    table = report.evaluation_sets_table(load_results(sweep)).set_index(["set", "trial"])
+    for trial in finished:
+        assert table.loc[("again", trial), "ce"] == pytest.approx(
+            table.loc[("extra", trial), "ce"], rel=1e-4
+        ), trial
+
+    # A file with pairs it trained on and a duplicate: those are left out and said so.
+    data = prepare(load(SpaceConfig, sweep / "space.yaml").data, verbose=False)
+    train = data.shard("eng-ron", "train").slice(0, 5)
+    src, tgt = (train.column(c).to_pylist() for c in ("src_text", "tgt_text"))
+    seen = [f"{s}\t{t}\n" for s, t in zip(src, tgt, strict=True)]
+    with gzip.open(shared_data / "tatoeba" / "test" / "eng-ron.tsv.gz", "rt") as f:
+        lines = [next(f) for _ in range(40)]
+    new = tmp_path / "new_test.tsv"
+    new.write_text("".join(lines + seen + lines[:1]))
+    capsys.readouterr()
+    assert evaluate.main([str(sweep), "--task", "eng-ron", "--file", str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "1 duplicate, 5 in training data" in out and "evaluations/new_test" in out
+    res = load_results(sweep)
+    rows = res.metrics[res.metrics["split"] == "new_test"]
+    front = evaluate.chosen_trials(res, "front")
+    assert set(rows["metric"]) == {"ce", "bleu", "chrf", "best_step"} and front
+    scored = report.evaluation_sets_table(res).query("set == 'new_test'")
+    assert sorted(scored["trial"]) == front and scored["bleu"].between(0, 100).all()
+    assert all(len(s) == 1 for s in res.signatures.values())  # one sacrebleu, one setting
+
+    # Scored again, one trial's rows are replaced, not added; the report lists every set.
+    argv = [str(sweep), "--task", "eng-ron", "--file", str(new), "--trials", front[0]]
+    assert evaluate.main(argv) == 0
+    assert (load_results(sweep).metrics["split"] == "new_test").sum() == len(rows)
+    page = report.build_report(sweep).read_text()
+    assert "Other evaluation sets" in page and all(s in page for s in ("new_test", "again"))

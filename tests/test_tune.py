@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from ray_mtl import train
+from ray_mtl import checkpoint, train
 from ray_mtl.config import SpaceConfig, from_dict, load
 from ray_mtl.plan import naive, plan, segment_config
 from ray_mtl.report import FIGURES
@@ -92,6 +92,25 @@ def test_smoke_frontier_and_report(smoke_sweep):
     for name in FIGURES:
         assert (smoke_sweep / "report" / f"{name}.png").stat().st_size > 10_000, name
         assert f"{name}.png" in page
+
+
+def test_every_trial_end_scores_the_evaluation_set_and_keeps_its_weights(smoke_sweep):
+    """The fixture's eng-ron evaluation set ``extra`` is scored at each trial's end from the
+    best dev weights (its best step is test's), and those weights are kept for later scoring."""
+    trials = pd.read_parquet(smoke_sweep / "trials.parquet")
+    metrics = pd.read_parquet(smoke_sweep / "metrics.parquet")
+    for t in trials.itertuples():
+        seg = json.loads(t.lineage)[-1]["segment"]
+        at_end = metrics[(metrics.segment == seg) & (metrics.step == t.final_step)]
+        extra = at_end[at_end.split == "extra"]
+        assert set(extra.metric) == {"ce", "bleu", "chrf"}, t.trial
+        assert set(extra.task) == {"eng-ron"}, t.trial
+        record = checkpoint.load_weights(
+            checkpoint.weights_uri(str(smoke_sweep / "segments" / seg), t.final_step)
+        )
+        best = at_end[(at_end.split == "test") & (at_end.metric == "best_step")]
+        assert record["best"]["eng-ron"]["step"] == best.set_index("task").value["eng-ron"]
+        assert {str(b["step"]) for b in record["best"].values()} == set(record["weights"])
 
 
 def test_each_segment_trains_once_in_one_tune_trial(smoke_sweep):
