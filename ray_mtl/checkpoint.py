@@ -3,19 +3,21 @@
     save_dir(directory, state)                          # state.pt + meta.json, whole or not at all
     state = load(uri, cfg, prepared)                    # weights_only; model + data checked
     state = read_dir(directory)                         # a run's own checkpoint (fault recovery)
-    save_weights(weights_uri(run_dir, step), ...)       # a trial end's best-per-task weights
-    record = load_weights(weights_uri(run_dir, step))   # what ray_mtl.evaluate scores
+    save_weights(run_dir, step=..., ...)                # a trial end's best-per-task weights
+    record, weights = load_weights(run_dir, step)       # what ray_mtl.evaluate scores
 
 A checkpoint is the full state of a run at a step: weights, optimizer, sampler, RNG, schedule, the
 best-per-task record with its weights, and what it was trained on (model config, vocabulary size,
 data manifest hash). ``meta.json`` repeats the small fields so tools can read them without torch.
-A trial's end also keeps a weights record: each task's best dev weights and what they fit, no
-optimizer (the checkpoints that hold them are collected once their branches have started).
+A trial's end also keeps each task's best dev weights, without optimizer (the checkpoints that
+hold them are collected once their branches have started): ``weights/end_<N>.json`` names the
+best step of each task, and ``weights/best_<S>.pt`` holds the weights of step S.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,16 @@ import torch
 from ray_mtl.config import TrainConfig, to_dict
 from ray_mtl.errors import UserError
 from ray_mtl.schedule import Schedule
-from ray_mtl.storage import atomic_write_bytes, atomic_write_json, filesystem, join, write_bytes
+from ray_mtl.storage import (
+    atomic_write_bytes,
+    atomic_write_json,
+    filesystem,
+    is_file,
+    join,
+    read_text,
+    write_bytes,
+    write_text,
+)
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -90,14 +101,27 @@ def _unpickle(blob: bytes, uri: str) -> Any:
 
 
 def weights_uri(run_dir: str, step: int) -> str:
-    """Where a run keeps the best-per-task weights of a trial that ends at ``step``."""
-    return join(run_dir, WEIGHTS_DIR, f"step_{step:08d}.pt")
+    """The record of a trial that ends at ``step`` of a run: each task's best dev step."""
+    return join(run_dir, WEIGHTS_DIR, f"end_{step:08d}.json")
+
+
+def best_weights_uri(run_dir: str, step: int) -> str:
+    """The weights of a run at ``step``, one of its trials' best dev steps (stored once however
+    many trial ends of the run share it, as those along a static trunk often do)."""
+    return join(run_dir, WEIGHTS_DIR, f"best_{step:08d}.pt")
 
 
 def save_weights(
-    uri: str, *, step: int, cfg: TrainConfig, vocab_size: int, manifest_hash: str, best: Any
+    run_dir: str, *, step: int, cfg: TrainConfig, vocab_size: int, manifest_hash: str, best: Any
 ) -> None:
-    """Each task's best dev weights at a trial's end (``BestPerTask``), written whole."""
+    """Keep each task's best dev weights at a trial's end (``BestPerTask``): the weights of each
+    best step not yet kept, then the record naming them (last, so it names only whole files)."""
+    for s, weights in best.weights.items():
+        uri = best_weights_uri(run_dir, s)
+        if not is_file(uri):
+            buf = io.BytesIO()
+            torch.save(weights, buf)
+            write_bytes(uri, buf.getvalue())
     record = {
         "step": step,
         "kind": cfg.kind,
@@ -105,20 +129,26 @@ def save_weights(
         "vocab_size": vocab_size,
         "manifest_hash": manifest_hash,
         "best": best.best,
-        "weights": {str(s): w for s, w in best.weights.items()},
     }
-    buf = io.BytesIO()
-    torch.save(record, buf)
-    write_bytes(uri, buf.getvalue())
+    write_text(weights_uri(run_dir, step), json.dumps(record, sort_keys=True))
 
 
-def load_weights(uri: str) -> dict[str, Any]:
-    """A weights record (``save_weights``): ``best`` maps each task to its best dev step, and
-    ``weights`` each such step to a state dict."""
-    record = _unpickle(_read_blob(uri, uri, "no saved weights there"), uri)
-    if not isinstance(record, dict) or not {"best", "weights", "model"} <= set(record):
-        raise UserError(f"{uri}: not a ray_mtl weights record (expected best, weights, model)")
-    return record
+def load_weights(run_dir: str, step: int) -> tuple[dict[str, Any], dict[str, dict]]:
+    """A trial end's record (``save_weights``) and, per task, the state dict of its best dev
+    step."""
+    uri = weights_uri(run_dir, step)
+    try:
+        record = json.loads(read_text(uri))
+        best = {t: int(b["step"]) for t, b in record["best"].items()}
+    except FileNotFoundError:
+        raise UserError(f"{uri}: no saved weights there") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise UserError(f"{uri}: not a ray_mtl weights record ({type(e).__name__}: {e})") from None
+    weights = {}
+    for task, s in best.items():
+        uri = best_weights_uri(run_dir, s)
+        weights[task] = _unpickle(_read_blob(uri, uri, "no saved weights there"), uri)
+    return record, weights
 
 
 def is_last(cfg: TrainConfig, state: dict[str, Any]) -> bool:

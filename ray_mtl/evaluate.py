@@ -278,13 +278,14 @@ def score_sweep(
     ends = {t: _trial_end(results, t) for t in trials}
     records = {}
     for t, (seg, step) in ends.items():
-        uri = checkpoint.weights_uri(join(results.path, "segments", seg), step)
-        if not is_file(uri):
+        run_dir = join(results.path, "segments", seg)
+        if not is_file(checkpoint.weights_uri(run_dir, step)):
             raise UserError(
-                f"trial {t}: no saved weights to score ({uri} is not there); a trial keeps them "
-                "once it has finished, in a sweep run with eval.keep_weights"
+                f"trial {t}: no saved weights to score ({checkpoint.weights_uri(run_dir, step)} "
+                "is not there); a trial keeps them once it has finished, in a sweep run with "
+                "eval.keep_weights"
             )
-        records[t] = checkpoint.load_weights(uri)
+        records[t] = checkpoint.load_weights(run_dir, step)
     space_uri = join(results.path, "space.yaml")
     space = from_dict(SpaceConfig, load_yaml(space_uri), space_uri)
     trained = sorted({n for sets in space.data.eval_sets.values() for n in sets})
@@ -294,7 +295,7 @@ def score_sweep(
     (task,) = (x for x in tasks if x.name == task_name)
     table, left_out = _file_pairs(file, task, prepared, space.data.max_len)
     rows, sigs, out = [], {}, []
-    for t, record in records.items():
+    for t, (record, weights) in records.items():
         if record["manifest_hash"] != prepared.manifest_hash:
             raise UserError(
                 f"trial {t}: its weights were trained on other prepared data (manifest hash "
@@ -303,7 +304,7 @@ def score_sweep(
             )
         model = new_model(space.kind, from_dict(ModelConfig, record["model"]), record["vocab_size"])
         best_step = record["best"][task_name]["step"]
-        model.load_state_dict(record["weights"][str(best_step)])
+        model.load_state_dict(weights[task_name])
         scores = evaluate_task(
             model.to(device),
             table,

@@ -328,7 +328,7 @@ def train(
                 metrics.update(best.test(cfg, raw_model, prepared, worker.device))
             if ends and cfg.eval.keep_weights:
                 checkpoint.save_weights(
-                    checkpoint.weights_uri(cfg.run_dir, done),
+                    cfg.run_dir,
                     step=done,
                     cfg=cfg,
                     vocab_size=vocab,

@@ -696,7 +696,7 @@ def case_report_out_is_the_sweep(ctx):
 
 def case_evaluate_a_trial_without_saved_weights(ctx):
     argv = [toy_sweep(ctx), "--task", "eng-ron", "--file", ctx.write("new.tsv", "Hi.\tSalut.\n")]
-    expected = ["trial sc-w0.5-s0: no saved weights to score", "step_00000004.pt"]
+    expected = ["trial sc-w0.5-s0: no saved weights to score", "end_00000004.json"]
     return "evaluate", argv, expected
 
 
