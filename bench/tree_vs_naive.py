@@ -13,10 +13,12 @@ Goals: >= 2x fewer steps, >= 3x less wall time, overhead (trial time not in opti
 
 Where a trial's time goes, from Tune's result.json (``time_this_iter_s``: the wall time between
 two reports) and the loop's timings: optimizer steps (each report's tokens / ``tokens_per_s``,
-which times the steps alone), ``setup_s`` (each segment's model, optimizer, sampler, fork
-checkpoint), ``eval_s`` (each evaluation), the Train run's start (its first report's time less
-the steps, set-up and evaluation in it) and the rest (checkpoints written and reported, the
-wait for a segment to be handed out).
+which times the steps alone), ``setup_s`` (each segment's data, model, optimizer, sampler, fork
+checkpoint), ``eval_s`` (each evaluation), the Train run's start as its first report gives it
+(``train_start_s``: from the Tune trial's function to the rank's loop: Ray Train's controller,
+workers and process group), the rest of the first report's time (``start_s``: Tune's start of
+the trial, and the loop's before its first segment) and the rest (checkpoints written and
+reported, the wait for a segment to be handed out).
 """
 
 from __future__ import annotations
@@ -60,9 +62,12 @@ def reports(metrics: pd.DataFrame, plan_) -> pd.DataFrame:
             r = run.loc[(seg.id, step)]
             steps_s = (cum - before) / r["tokens_per_s"]
             before = cum
-            setup = r.get("setup_s", 0.0)
-            rows.append((seg.id, step, steps_s, 0.0 if np.isnan(setup) else setup, r["eval_s"]))
-    return pd.DataFrame(rows, columns=["segment", "step", "steps_s", "setup_s", "eval_s"])
+            setup, started = (r.get(k, 0.0) for k in ("setup_s", "train_start_s"))
+            rows.append(
+                (seg.id, step, steps_s, np.nan_to_num(setup), r["eval_s"], np.nan_to_num(started))
+            )
+    columns = ["segment", "step", "steps_s", "setup_s", "eval_s", "train_start_s"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def trials(sweep: Path, per_report: pd.DataFrame) -> list[dict]:
@@ -78,12 +83,14 @@ def trials(sweep: Path, per_report: pd.DataFrame) -> list[dict]:
         segments = issued[last["trial_id"]]
         mine = per_report[per_report.segment.isin(segments)]
         at_first = timed.loc[(first["segment"], first["step"])]
-        start = first["time_this_iter_s"] - at_first[["steps_s", "setup_s", "eval_s"]].sum()
+        timed_parts = ["steps_s", "setup_s", "eval_s", "train_start_s"]
+        start = first["time_this_iter_s"] - at_first[timed_parts].sum()
         parts = {
             "trial_s": last["time_total_s"],
             "steps_s": mine.steps_s.sum(),
             "setup_s": mine.setup_s.sum(),
             "eval_s": mine.eval_s.sum(),
+            "train_start_s": mine.train_start_s.sum(),
             "start_s": start,
         }
         parts["rest_s"] = parts["trial_s"] - sum(v for k, v in parts.items() if k != "trial_s")
@@ -119,7 +126,7 @@ def costs_measured(per_report: pd.DataFrame, runs: list[dict], plan_) -> Costs:
         eval_s=float(per_report.eval_s.mean() + np.mean(without)),
         checkpoint_s=max(0.0, float(np.mean(with_ckpt) - np.mean(without))),
         segment_s=float(firsts.setup_s.mean()),
-        train_start_s=float(np.mean([r["start_s"] for r in runs])),
+        train_start_s=float(np.mean([r["start_s"] + r["train_start_s"] for r in runs])),
     )
 
 
@@ -134,7 +141,7 @@ def measure(space: SpaceConfig, no_sharing: bool) -> dict:
     per_report = reports(res.metrics, plan_)
     runs = trials(sweep, per_report)
     total = {k: sum(r[k] for r in runs) for k in ("trial_s", "steps_s", "setup_s", "eval_s")}
-    total |= {k: sum(r[k] for r in runs) for k in ("start_s", "rest_s")}
+    total |= {k: sum(r[k] for r in runs) for k in ("train_start_s", "start_s", "rest_s")}
     makespan = max(r["ended"] for r in runs) - min(r["began"] for r in runs)
     slots = max_concurrent(space)
     costs = costs_measured(per_report, runs, plan_)
@@ -153,7 +160,8 @@ def measure(space: SpaceConfig, no_sharing: bool) -> dict:
         # the share of the trials' time that is not optimizer steps, and where it goes
         "overhead_share": 1 - total["steps_s"] / total["trial_s"],
         "overhead_shares": {
-            k: total[k] / total["trial_s"] for k in ("start_s", "setup_s", "eval_s", "rest_s")
+            k: total[k] / total["trial_s"]
+            for k in ("train_start_s", "start_s", "setup_s", "eval_s", "rest_s")
         },
         "overhead_s_per_run": (total["trial_s"] - total["steps_s"]) / len(runs),
         "simulated": {

@@ -68,6 +68,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 time.sleep(POLL_S)
             return {}
 
+    # The first report carries how long the run took to start: from the Tune trial's start (or
+    # the trainer's) to this rank's loop (Ray Train's controller, workers, process group).
+    started = {"train_start_s": time.time() - config["began"]} if config.get("began") else {}
     torch.set_num_threads(config["threads"])
     resume = None
     ckpt = ray.train.get_checkpoint()
@@ -78,7 +81,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        metrics = metrics | {"node_id": node_id}  # where it ran: the sweep's timeline.json
+        nonlocal started
+        metrics = metrics | started | {"node_id": node_id}  # node: the sweep's timeline.json
+        started = {}
         if state is None:
             ray.train.report(metrics)
             return
@@ -112,11 +117,13 @@ def ray_trainer(
     storage_filesystem: Any = None,
     dispatcher: tuple[str, str] | None = None,
     run: RunSettings | None = None,
+    began: float | None = None,
 ):
     """A ``TorchTrainer`` running ``segments`` (id -> config) one after another on the same
     workers, then any more that ``dispatcher`` (actor name, Tune trial id) hands it. Its
     workers and restarts are ``run``'s (default: the first segment's), which every segment
-    must share."""
+    must share. ``began`` (``time.time()``; default: now) is when its caller started it: the
+    first report's ``train_start_s`` is counted from there."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -134,6 +141,7 @@ def ray_trainer(
             "segments": {seg: to_dict(c) for seg, c in segments.items()},
             "dispatcher": dispatcher,
             "threads": max(1, int(res.cpus_per_worker)),
+            "began": began or time.time(),
         },
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         scaling_config=ScalingConfig(

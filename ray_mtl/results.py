@@ -56,7 +56,7 @@ CONFIG_COLUMNS += ("final_step", "status")
 TRIAL_COLUMNS = (*CONFIG_COLUMNS, "lineage")
 KEY = ["step", "task", "split", "metric"]
 # Run-level metrics that time the run: they differ between two runs of the same segment.
-TIMINGS = ("tokens_per_s", "setup_s", "eval_s")
+TIMINGS = ("tokens_per_s", "setup_s", "eval_s", "train_start_s")
 GROUPS = ("high", "low")
 SWEEP_ENTRIES = frozenset(
     {"space.yaml", "plan.json", "results.json", "tree_state.json", "timeline.json", "tune"}

@@ -211,15 +211,17 @@ def train(
     report: Report,
     resume: dict | None = None,
     prepared: data_lib.Prepared | None = None,
+    begun: float | None = None,
 ) -> dict:
     """Run ``cfg`` on this worker. ``resume`` is the state of this same run (fault recovery);
-    ``prepared`` is ``cfg.data`` already prepared (segments of a chain share it).
+    ``prepared`` is ``cfg.data`` already prepared (segments of a chain share it), ``begun`` the
+    ``time.perf_counter()`` at which its preparation began (default: now).
 
     Returns the last metrics reported; raises ``Diverged`` at a non-finite loss. Reports time
-    what is not optimizer steps: ``setup_s`` (the first: model, optimizer, sampler, checkpoint)
-    and ``eval_s`` (each: evaluation, best-per-task weights, test at the end).
+    what is not optimizer steps: ``setup_s`` (the first: data, model, optimizer, sampler,
+    checkpoint) and ``eval_s`` (each: evaluation, best-per-task weights, test at the end).
     """
-    begun = time.perf_counter()
+    begun = begun or time.perf_counter()
     torch.manual_seed(cfg.seed)
     prepared = prepared or data_lib.prepare(cfg.data, verbose=False)
     tasks, vocab = prepared.tasks, prepared.vocab_size
@@ -417,10 +419,11 @@ def train_chain(
                 report(metrics | {"segment": seg}, state and state | {"segment": seg})
 
             key = json.dumps(to_dict(cfg.data), sort_keys=True)
+            begun = time.perf_counter()
             if key not in prepared:
                 prepared[key] = data_lib.prepare(cfg.data, verbose=False)
             try:
-                train(cfg, worker, tagged, resume, prepared[key])
+                train(cfg, worker, tagged, resume, prepared[key], begun)
             except Diverged as e:
                 print(f"{seg}: diverged at {e}", flush=True)
                 tagged(e.metrics | {"diverged": 1}, None)

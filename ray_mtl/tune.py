@@ -221,6 +221,7 @@ def _trial_name(trial) -> str:
 def run_trial(config: dict[str, Any]) -> None:
     """A Tune trial: its segments, and any more the dispatcher gives it, as one Ray Train run
     whose metrics flow to Tune."""
+    began = time.time()
     cfgs = {seg: from_dict(TrainConfig, c) for seg, c in config["segments"].items()}
     sweep = ray.get(ray.get_actor(config["dispatcher"]).where.remote())
     fs, storage = ray_storage(join(sweep, "segments"))
@@ -235,6 +236,7 @@ def run_trial(config: dict[str, Any]) -> None:
         callbacks=(RowsCallback(results.segment_rows_uri(sweep)), TuneReportCallback()),
         dispatcher=(config["dispatcher"], trial),
         run=from_dict(RunSettings, config["run"]),
+        began=began,
     )
     result = trainer.fit()
     if result.error:
