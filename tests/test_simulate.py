@@ -83,6 +83,17 @@ def test_smoke_plan_trains_in_one_train_run_per_slot():
     }
 
 
+def test_no_trial_ends_while_the_tree_lets_it_wait():
+    """five_way on 64 slots: trials wait long for late forks; the default wait ends none that
+    the tree would keep (as many Train runs as with a wait without end; 600 s started 8 more)."""
+    space = load(SpaceConfig, ROOT / "tune_spaces" / "five_way.yaml")
+    runs = {
+        wait: simulate(space, Tree(plan(space).segments, 64), 64, Costs(wait_s=wait)).train_runs
+        for wait in (600.0, Costs().wait_s, 1e12)
+    }
+    assert runs[Costs().wait_s] == runs[1e12] < runs[600.0]
+
+
 def test_search_bound_is_the_shortest_schedule_of_tiny_trees():
     """Against every order and slot of every segment (each started as early as it may)."""
     space, c = load(SpaceConfig, SMOKE), Costs()
