@@ -61,5 +61,7 @@ def write_result(name: str, figures: dict[str, Any]) -> Path:
         "machine": machine(),
         **figures,
     }
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    # numpy's scalars (a bool from comparing two of its floats, say) as Python's
+    text = json.dumps(record, indent=1, default=lambda x: x.item() if hasattr(x, "item") else x)
+    path.write_text(text + "\n")
     return path
