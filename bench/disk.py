@@ -4,11 +4,12 @@
 
 Measured: the smoke sweep (512 tokens a step and one worker: what is on disk does not depend on
 either) run twice on an embedded local Ray, ``keep_checkpoints: all`` (the baseline, what main
-did) and ``needed``, sampling the bytes under ``<sweep>/segments`` every
-0.2 s. Computed: ``paper_fr_ro.yaml`` from its plan (the real ``Tree`` driven in simulated time,
-each segment starting when its fork exists, one step per time unit, unlimited slots) and the
-measured size of one checkpoint of its model (weights, AdamW state, and the best-per-task weights
-at other steps, one per task: the most a checkpoint holds).
+did) and ``needed``, sampling the bytes under ``<sweep>/segments`` every 0.2 s (the best-per-task
+weights each trial end keeps are there too, the same in both). Computed: ``paper_fr_ro.yaml``
+from its plan (the real ``Tree`` driven in simulated time, each segment starting when its fork
+exists, one step per time unit, unlimited slots) and the measured size of one checkpoint of its
+model (weights, AdamW state, and the best-per-task weights at other steps, one per task: the most
+a checkpoint holds).
 """
 
 from __future__ import annotations

@@ -256,7 +256,7 @@ def main() -> None:
         "wall_ratio": report["wall_ratio"] >= GOALS["wall_ratio"],
         "overhead_share": tree["overhead_share"] <= GOALS["overhead_share"],
         "fronts_agree": report["fronts"]["agree"],
-        "prediction_error": tree["simulated"]["error"] <= GOALS["prediction_error"],
+        "prediction_error": bool(tree["simulated"]["error"] <= GOALS["prediction_error"]),
     }
     path = write_result("tree_vs_naive", report)
     shares = ", ".join(f"{k[:-2]} {v:.1%}" for k, v in tree["overhead_shares"].items())
