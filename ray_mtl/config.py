@@ -562,8 +562,8 @@ class EvalConfig:
     """At each trial's end (a segment's end or a listed eval step), evaluate each task's best dev
     weights on its test set and ``data.eval_sets``."""
     keep_weights: bool = True
-    """At each trial's end, keep each task's best dev weights (``<run_dir>/weights/step_<N>.pt``,
-    one model copy per distinct best step) for ``python -m ray_mtl.evaluate``."""
+    """At each trial's end, keep each task's best dev weights for ``python -m ray_mtl.evaluate``
+    (``<run_dir>/weights/``: one model copy per distinct best step, ``ray_mtl.checkpoint``)."""
 
     def __post_init__(self) -> None:
         check(self.every >= 1, "every", "a positive integer", self.every)

@@ -31,6 +31,7 @@ cross-entropy and perplexity (``exp(ce)``) are per token of this tokenizer.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Callable, Iterable
@@ -215,8 +216,6 @@ def chosen_trials(results, which: str) -> list[str]:
 
 def _trial_end(results, trial: str) -> tuple[str, int]:
     """(the segment a trial ends in, its final step)."""
-    import json
-
     row = results.trials.set_index("trial").loc[trial]
     return str(json.loads(row["lineage"])[-1]["segment"]), int(row["final_step"])
 

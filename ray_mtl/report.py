@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ray_mtl.config import RESERVED_SPLITS
 from ray_mtl.errors import UserError, cli
 from ray_mtl.frontier import (
     At,
@@ -513,7 +514,7 @@ def evaluation_sets_table(results: Results, curves: pd.DataFrame | None = None) 
     (an ancestor's score on a shared trunk is not the trial's)."""
     curves = trial_curves(results) if curves is None else curves
     final = results.trials.set_index("trial")["final_step"]
-    c = curves[~curves["split"].isin(["train", "dev", "test"])]
+    c = curves[~curves["split"].isin(RESERVED_SPLITS)]
     c = c[(c["step"] == c["trial"].map(final)) & c["metric"].isin(["ce", "bleu", "chrf"])]
     if c.empty:
         return pd.DataFrame()
