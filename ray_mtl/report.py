@@ -612,16 +612,22 @@ def build_report(
         "length": plot_length_effect(results, at, curves=curves),
         "hypervolume": plot_hypervolume(results, fr),
     }
+    images = write_pngs(figs, out)
+    write_text(join(out, "frontier.json"), json.dumps(fr, indent=2, sort_keys=True) + "\n")
+    page = join(out, "index.html")
+    write_text(page, _html(results, fr, images, curves))
+    return page if "://" in page else Path(page)
+
+
+def write_pngs(figs: dict[str, Figure], out: str) -> dict[str, bytes]:
+    """Each figure as ``<out>/<name>.png`` (a dir or storage URI); returns the PNGs' bytes."""
     images = {}
     for name, fig in figs.items():
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
         images[name] = buf.getvalue()
         write_bytes(join(out, f"{name}.png"), images[name])
-    write_text(join(out, "frontier.json"), json.dumps(fr, indent=2, sort_keys=True) + "\n")
-    page = join(out, "index.html")
-    write_text(page, _html(results, fr, images, curves))
-    return page if "://" in page else Path(page)
+    return images
 
 
 @cli

@@ -14,7 +14,6 @@ committed JSON has the same figures and numbers as the sweep's.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 from pathlib import Path
@@ -25,7 +24,7 @@ from ray_mtl import report
 from ray_mtl.errors import UserError, cli
 from ray_mtl.frontier import frontier, trial_curves, trial_points
 from ray_mtl.results import Results, load_results
-from ray_mtl.storage import atomic_write_json, write_bytes, write_text
+from ray_mtl.storage import atomic_write_json, write_text
 
 PAGE_METRICS = ("ce", "bleu", "chrf", "bpb", "ppl", "loss", "epochs", "target_rate")
 PAGE_METRICS += ("realized_rate",)
@@ -135,10 +134,7 @@ def write_page(results: Results, out: str | Path) -> Path:
         "rates": report.plot_rates(results, curves=curves),
         "hypervolume": report.plot_hypervolume(results, fronts["dev"]),
     }
-    for name, fig in figs.items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        write_bytes(str(out / f"{name}.png"), buf.getvalue())
+    report.write_pngs(figs, str(out))
     write_text(str(out / "tables.md"), tables(results, fronts, curves))
     return out
 
