@@ -189,14 +189,14 @@ def trial_status(lineage: list[dict], ends: dict, diverged: dict, failed: set[st
     return "running" if any(p["segment"] in ends for p in lineage) else "pending"
 
 
-def trials_table(
-    plan: dict, metrics: pd.DataFrame, failed: set[str], manifest_hash: str
-) -> pd.DataFrame:
-    """One row per trial of ``plan`` (``Plan.to_dict()``), its status read from ``metrics``."""
+def trials_table(plan: dict, metrics: pd.DataFrame, failed: set[str], meta: dict) -> pd.DataFrame:
+    """One row per trial of ``plan`` (``Plan.to_dict()``), its status read from ``metrics``, its
+    data and code versions from ``meta`` (``results.json``)."""
     ends = metrics.groupby("segment")["step"].max().to_dict() if len(metrics) else {}
     div = metrics[metrics["metric"] == "diverged"] if len(metrics) else metrics
     diverged = div.groupby("segment")["step"].min().to_dict() if len(div) else {}
-    version = code_version()
+    # What the sweep ran: the code at its start, then at each resume that ran other code.
+    version = " then ".join(meta.get("code_versions", [])) or code_version()
     rows = []
     for t in plan["trials"]:
         lineage = [
@@ -216,7 +216,7 @@ def trials_table(
                 lineage=json.dumps(lineage),
                 final_step=lineage[-1]["to_step"],
                 status=trial_status(lineage, ends, diverged, failed),
-                manifest_hash=manifest_hash,
+                manifest_hash=meta.get("manifest_hash", ""),
                 code_version=version,
             )
         )
@@ -229,9 +229,12 @@ def trials_table(
 
 
 def write_meta(sweep: str, name: str, manifest_hash: str) -> None:
-    """``results.json``: the schema this sweep's results are written in, and where."""
+    """``results.json``: the schema this sweep's results are written in, and where; the code
+    versions it ran under (a resume that runs other code adds its own)."""
+    versions, now = read_meta(sweep).get("code_versions", []), code_version()
+    versions += [now] if versions[-1:] != [now] else []
     meta = {"schema": SCHEMA, "name": name, "manifest_hash": manifest_hash, "sweep": sweep}
-    write_text(join(sweep, "results.json"), json.dumps(meta))
+    write_text(join(sweep, "results.json"), json.dumps(meta | {"code_versions": versions}))
 
 
 def read_meta(sweep: str) -> dict:
@@ -286,7 +289,7 @@ def collect(sweep: str) -> None:
     """Merge the per-segment rows into ``metrics.parquet`` and write ``trials.parquet``."""
     meta, plan = _read_json(sweep, "results.json"), _read_json(sweep, "plan.json")
     metrics = _segment_metrics(sweep, plan)
-    trials = trials_table(plan, metrics, failed_segments(sweep), meta.get("manifest_hash", ""))
+    trials = trials_table(plan, metrics, failed_segments(sweep), meta)
     write_parquet(
         join(sweep, "metrics.parquet"), pa.Table.from_pandas(metrics, preserve_index=False)
     )
@@ -375,7 +378,7 @@ def load_results(sweep: str | Path) -> Results:
         plan = _read_json(sweep, "plan.json")
         metrics = _segment_metrics(sweep, plan)
         failed = failed_segments(sweep)
-        trials = trials_table(plan, metrics, failed, meta.get("manifest_hash", ""))
+        trials = trials_table(plan, metrics, failed, meta)
     else:
         trials = _read_table(join(sweep, "trials.parquet"), TRIAL_COLUMNS)
         metrics = _read_table(join(sweep, "metrics.parquet"), METRIC_COLUMNS)

@@ -74,3 +74,29 @@ def test_rows_replaced_while_read_are_read_whole(tmp_path):
         stop.set()
         thread.join()
     assert lengths <= {len(v) for v in versions}
+
+
+def test_trials_name_the_code_of_the_sweep_start_and_of_each_resume(tmp_path):
+    """A sweep records the code it started with; a resume under other code adds its version,
+    under the same code nothing; every trial names them in order."""
+    import json
+
+    import pandas as pd
+
+    from ray_mtl.results import code_version, read_meta, trials_table, write_meta
+
+    sweep = str(tmp_path)
+    write_meta(sweep, "toy", "h")
+    write_meta(sweep, "toy", "h")  # resumed, same code
+    assert read_meta(sweep)["code_versions"] == [code_version()]
+    meta = json.loads((tmp_path / "results.json").read_text())
+    (tmp_path / "results.json").write_text(json.dumps(meta | {"code_versions": ["0abc"]}))
+    write_meta(sweep, "toy", "h")  # resumed under the code of now, after "0abc"
+    meta = read_meta(sweep)
+    assert meta["code_versions"] == ["0abc", code_version()]
+    trial = {"id": "t", "method": "scalarization", "L": 0, "F": 4, "seed": 0}
+    trial |= {"w": 0.5, "temperature": None, "max_epochs": None}
+    trial["lineage"] = [{"segment": "s", "from_step": 0, "to_step": 4}]
+    rows = trials_table({"trials": [trial]}, pd.DataFrame(), set(), meta)
+    assert rows.code_version.tolist() == [f"0abc then {code_version()}"]
+    assert rows.manifest_hash.tolist() == ["h"]
