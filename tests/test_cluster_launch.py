@@ -173,6 +173,7 @@ class Head:
     sshd: subprocess.Popen
     dir: Path  # the laptop side: home/ (HOME), tmp/ (TMPDIR, RAY_TMPDIR), storage/, configs
     key: Path
+    corpora: Path  # what the suite reads (../shared/data, else the in-repo slices)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
@@ -181,10 +182,13 @@ class Head:
 
     def cluster_file(self, name: str, via_sshd: bool = True) -> Path:
         """A copy of cluster_onprem.yaml with the head on 127.0.0.1 as this user, no workers,
-        torch from pip's own index; SSH through the test's sshd, or else to port 22."""
+        torch from pip's own index, the suite's corpora; SSH through the test's sshd, or else to
+        port 22."""
         cfg = yaml.safe_load((ROOT / README_FILE).read_text(encoding="utf-8"))
         cfg["provider"] |= {"head_ip": "127.0.0.1", "worker_ips": []}
         cfg["auth"] |= {"ssh_user": self.user, "ssh_private_key": str(self.key)}
+        assert "~/shared/data" in cfg["file_mounts"]  # where RAY_MTL_DATA points on the nodes
+        cfg["file_mounts"]["~/shared/data"] = str(self.corpora)
         if via_sshd:
             cfg["auth"]["ssh_proxy_command"] = f"nc %h {self.ssh_port}"
         else:
@@ -290,7 +294,7 @@ def head(shared_data) -> Iterator[Head]:
     subprocess.run(["useradd", "-m", "-s", "/bin/bash", "-p", "*", user], check=True)
     h = None
     try:
-        h = start_head(user, port, d, key, ray_tmp, sshd)
+        h = start_head(user, port, d, key, ray_tmp, sshd, shared_data)
         wait_for_sshd(h)
         yield h
     finally:
@@ -303,7 +307,9 @@ def head(shared_data) -> Iterator[Head]:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def start_head(user: str, port: int, d: Path, key: Path, ray_tmp: Path, sshd: str) -> Head:
+def start_head(
+    user: str, port: int, d: Path, key: Path, ray_tmp: Path, sshd: str, corpora: Path
+) -> Head:
     """The head user's home (authorized key, RAY_TMPDIR, ~/venv) and its sshd, started."""
     entry = pwd.getpwnam(user)
     home = Path(entry.pw_dir)
@@ -326,7 +332,7 @@ def start_head(user: str, port: int, d: Path, key: Path, ray_tmp: Path, sshd: st
     log = d / "sshd" / "log"
     with log.open("w") as out:
         proc = subprocess.Popen([sshd, "-D", "-e", "-f", config], stdout=out, stderr=out)
-    return Head(user, entry.pw_uid, home, port, proc, d, key)
+    return Head(user, entry.pw_uid, home, port, proc, d, key, corpora)
 
 
 def wait_for_sshd(h: Head) -> None:
