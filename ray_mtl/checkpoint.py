@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +94,18 @@ def _read_blob(uri: str, shown: str, what: str) -> bytes:
 
 
 def _unpickle(blob: bytes, uri: str) -> Any:
-    try:
-        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt file
-        first = (str(e).splitlines() or [""])[0]  # torch's messages run to several lines
-        raise UserError(f"{uri}: corrupt checkpoint ({type(e).__name__}: {first})") from None
+    # A corrupt file can make torch warn before it fails ("Detected pickle protocol 206"): the
+    # error says it all, so warnings are shown only for a file that loads.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a corrupt file
+            first = (str(e).splitlines() or [""])[0]  # torch's messages run to several lines
+            raise UserError(f"{uri}: corrupt checkpoint ({type(e).__name__}: {first})") from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return state
 
 
 def weights_uri(run_dir: str, step: int) -> str:
