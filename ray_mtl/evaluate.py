@@ -225,7 +225,7 @@ def _file_pairs(file: str, task, prepared, max_len: int) -> tuple[pa.Table, dict
     side with the task's training pairs; and how many were left out, and why."""
     from ray_mtl.data.corpus import read_pairs
     from ray_mtl.data.pipeline import encode_pairs
-    from ray_mtl.data.splits import dedupe
+    from ray_mtl.data.splits import decontaminate, dedupe
 
     path = Path(file).expanduser()
     if not path.is_file():
@@ -233,8 +233,9 @@ def _file_pairs(file: str, task, prepared, max_len: int) -> tuple[pa.Table, dict
     pairs, stats = read_pairs(path, columns=task.columns, extra_columns=task.extra_columns)
     pairs, duplicate = dedupe(pairs)
     train = prepared.shard(task.name, "train")
-    seen = set(train.column("src_text").to_pylist()), set(train.column("tgt_text").to_pylist())
-    clean = [p for p in pairs if p[0] not in seen[0] and p[1] not in seen[1]]
+    sides = (train.column(c).to_pylist() for c in ("src_text", "tgt_text"))
+    trained = list(zip(*sides, strict=True))
+    clean = decontaminate(pairs, trained)
     text = pa.table({"src": [p[0] for p in clean], "tgt": [p[1] for p in clean]})
     tag = prepared.lang_tag_id(task.name)
     table, too_long = encode_pairs(prepared.tokenizer(), text, tag, max_len)

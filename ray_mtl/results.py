@@ -382,7 +382,8 @@ def load_results(sweep: str | Path) -> Results:
     else:
         trials = _read_table(join(sweep, "trials.parquet"), TRIAL_COLUMNS)
         metrics = _read_table(join(sweep, "metrics.parquet"), METRIC_COLUMNS)
-    if scored := _evaluation_uris(sweep):
+    scored = _evaluation_uris(sweep)
+    if scored:
         tables = [read_parquet(u).select(list(METRIC_COLUMNS)).cast(METRIC_SCHEMA) for u in scored]
         metrics = pd.concat([metrics, pa.concat_tables(tables).to_pandas()], ignore_index=True)
     if trials.empty:
@@ -399,15 +400,15 @@ def load_results(sweep: str | Path) -> Results:
     tasks = {g: [str(t) for t in tasks[g]] for g in GROUPS}
     trials = trials.assign(trial=trials["trial"].astype(str))
     segments = sorted(set(metrics["segment"].astype(str)))
-    signatures = sweep_signatures(sweep, segments)
+    signatures = sweep_signatures([segment_rows_uri(sweep, seg) for seg in segments] + scored)
     kind = str(space.get("kind") or "translation")
     return Results(sweep, name, tasks, metrics, trials, live, signatures, kind)
 
 
-def sweep_signatures(sweep: str, segments: list[str]) -> dict[str, list[str]]:
-    """Every signature the segments' BLEU and chrF values were scored with, per metric."""
+def sweep_signatures(rows: list[str]) -> dict[str, list[str]]:
+    """Every signature the BLEU and chrF values of these rows files were scored with, per
+    metric."""
     found: dict[str, set[str]] = {}
-    rows = [segment_rows_uri(sweep, seg) for seg in segments] + _evaluation_uris(sweep)
     for uri in map(signatures_uri, rows):
         if is_file(uri):
             for metric, sig in json.loads(read_text(uri)).items():

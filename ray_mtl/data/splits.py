@@ -66,9 +66,9 @@ def make_splits(
     held = {name: dedupe(items)[0] for name, items in (eval_sets or {}).items()}
     before = len(pool)
     for items in (test, *held.values()):
-        pool = _decontaminate(pool, items)
+        pool = decontaminate(pool, items)
     dev, pool = _carve(pool, dev_size, dev_fraction, rng)
-    train = _decontaminate(pool, dev)
+    train = decontaminate(pool, dev)
     decontaminated = before - len(dev) - len(train)
     if train_cap is not None and len(train) > train_cap:
         keep = set(rng.sample(range(len(train)), train_cap))
@@ -98,7 +98,7 @@ def _carve(
     return held, rest
 
 
-def _decontaminate(pool: list[Pair], held: list[Pair]) -> list[Pair]:
+def decontaminate(pool: list[Pair], held: list[Pair]) -> list[Pair]:
     """``pool`` without the items that share any side with an item of ``held``."""
     sides = [set(side) for side in zip(*held, strict=True)]
     return [p for p in pool if not any(x in side for x, side in zip(p, sides, strict=False))]
