@@ -667,6 +667,9 @@ class TrainConfig(RunSettings):
     """Extra global steps to evaluate at (e.g. every L+F of a static trunk)."""
     fork_steps: list[int] = dataclasses.field(default_factory=list)
     """Global steps at which a checkpoint is kept for other segments to start from."""
+    rungs: list[int] = dataclasses.field(default_factory=list)
+    """Global steps at which the run is evaluated and asks whether to go on (a pruned sweep's
+    ``ray_mtl.prune``); without anyone to ask, it goes on."""
     init_from: str | None = None
     """A fork checkpoint (path or URI) to start from; its step becomes the start step."""
     run_dir: str = "runs/train"
@@ -675,7 +678,7 @@ class TrainConfig(RunSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(len(self.phases) > 0, "phases", "at least one phase", self.phases)
-        for name in ("fork_steps", "eval_steps"):
+        for name in ("fork_steps", "eval_steps", "rungs"):
             steps = getattr(self, name)
             check(all(s > 0 for s in steps), name, "positive steps", steps)
 
@@ -784,6 +787,39 @@ class TrackingConfig:
             check(bool(self.mlflow.strip()), "mlflow", "true, false or a tracking URI", self.mlflow)
 
 
+@dataclasses.dataclass
+class PruneConfig:
+    """Stop branches that their method's others already beat, at rungs of their fine-tuning
+    (``ray_mtl.prune``): a sweep's steps go to the branches that can still reach the front."""
+
+    rule: Literal["scaled_pareto", "rank"] = "scaled_pareto"
+    """scaled_pareto: stop a branch dominated by its method's front at the rung, shrunk toward
+    the reference point by ``shrink`` (Ax); rank: stop it when its non-dominated rank (then
+    crowding) among the branches at the rung is in the worst 1 - 1/eta (MOASHA)."""
+    first_rung: int = 0
+    """Steps after its fork of a branch's first rung (0: a quarter of grid.finetune_steps)."""
+    factor: float = 2.0
+    """Each later rung is this many times further from the fork (until the branch's end)."""
+    shrink: float = 0.9
+    """scaled_pareto: how far the front is kept from the reference point, in (0, 1) (near 1
+    prunes what is barely dominated)."""
+    eta: int = 3
+    """rank: keep the best 1/eta at each rung; both rules: prune nothing before eta branches
+    reached the rung."""
+
+    def __post_init__(self) -> None:
+        check(self.first_rung >= 0, "first_rung", "an integer >= 0", self.first_rung)
+        check(self.factor > 1, "factor", "a number > 1", self.factor)
+        check(0 < self.shrink < 1, "shrink", "a number in (0, 1)", self.shrink)
+        check(self.eta >= 2, "eta", "an integer >= 2", self.eta)
+
+    def rungs(self, finetune_steps: int) -> list[int]:
+        """Steps since the fork at which a branch is judged."""
+        from ray_mtl.prune import rung_steps
+
+        return rung_steps(finetune_steps, self.first_rung or finetune_steps // 4, self.factor)
+
+
 @dataclasses.dataclass(kw_only=True)
 class SpaceConfig(RunSettings):
     """A sweep: tasks, methods, grid, and (from ``RunSettings``) what every segment shares."""
@@ -815,6 +851,9 @@ class SpaceConfig(RunSettings):
     every checkpoint (for later analysis; disk grows with every fork step)."""
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     """Experiment tracking: TensorBoard (and MLflow) runs per trial."""
+    prune: PruneConfig | None = None
+    """Stop branches (two_phase, restart) at rungs of their fine-tuning when their method's
+    others beat them (unset: every branch runs its F steps)."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
@@ -836,6 +875,13 @@ class SpaceConfig(RunSettings):
         check(self.tokens_per_example >= 2, "tokens_per_example", ">= 2", self.tokens_per_example)
         check(self.max_concurrent >= 0, "max_concurrent", ">= 0", self.max_concurrent)
         check(bool(self.storage), "storage", "a path or URI", self.storage)
+        if self.prune is not None:
+            F, forks = self.grid.finetune_steps, {"two_phase", "restart"} & set(self.methods)
+            first = self.prune.first_rung or F // 4
+            check(0 < first < F, "prune.first_rung", f"0 or from 1 to {F - 1} (F - 1)", first)
+            check(
+                bool(forks), "prune", "a space with branches (two_phase or restart)", self.methods
+            )
 
     def settings(self) -> dict[str, Any]:
         """The ``RunSettings`` fields of this space, as keyword arguments of a ``TrainConfig``."""

@@ -10,7 +10,8 @@ milliseconds. An axis is ``(task, metric)``, written ``"task/metric"`` in column
 task ``high`` or ``low`` means the mean over that group of tasks (each task at its own best step
 when ``at="best"``), which is how a five-task space is drawn in two dimensions. Internally every
 axis is turned into "lower is better" by multiplying with ``-sense``. Non-finite values (a
-diverged run's last evaluation) are never points, and a diverged trial is never on a front.
+diverged run's last evaluation) are never points, and a diverged or pruned trial (stopped before
+its F steps) is never on a front.
 Default axes: each task's dev cross-entropy for translation, its dev bits per byte for lm
 (``primary_metric``).
 """
@@ -201,8 +202,9 @@ def trial_points(
             cols = per_task.reindex(columns=group)
             # A mean over a group is only defined when every task of it has a value.
             out[axis_name((task, metric))] = cols.mean(axis=1, skipna=False).reindex(out.index)
-    if "status" in out:  # a diverged trial's earlier values are not a result of its method
-        out.loc[out["status"] == "diverged", [axis_name(a) for a in axes]] = np.nan
+    if "status" in out:  # a diverged or pruned trial's values are not those of its F steps
+        stopped = out["status"].isin(["diverged", "pruned"])
+        out.loc[stopped, [axis_name(a) for a in axes]] = np.nan
     return out.reset_index()
 
 
@@ -255,6 +257,7 @@ def frontier(
         "trials": {
             "total": len(results.trials),
             "finished": results.finished,
+            "pruned": int((results.trials["status"] == "pruned").sum()),
             "with_values": len(pts),
         },
         "methods": {},

@@ -44,6 +44,11 @@ class Segment:
     """Global steps at which this segment keeps a checkpoint for its branches."""
     eval_steps: list[int] = dataclasses.field(default_factory=list)
     """Global steps at which a trial's final point must be evaluated."""
+    rungs: list[int] = dataclasses.field(default_factory=list)
+    """Global steps at which it asks the tree whether to go on (a space with ``prune``): a
+    branch at its rungs, a trunk at its fork steps (past the last one it may serve nothing)."""
+    method: str = ""
+    """A branch's method: its rungs compare it with the other branches of that method."""
 
     @property
     def steps(self) -> int:
@@ -125,6 +130,7 @@ def segment_config(
         seed=seg.seed,
         eval_steps=seg.eval_steps,
         fork_steps=seg.fork_steps,
+        rungs=seg.rungs,
         init_from=init_from,
         run_dir=join(sweep, "segments", seg.id),
     )
@@ -136,7 +142,9 @@ def eval_and_checkpoint_steps(
     """The steps (after ``start_step``) at which to evaluate, and at which to checkpoint."""
     ahead = range(start_step + 1, end_step + 1)
     eval_at = {s for s in ahead if s % cfg.eval.every == 0}
-    eval_at |= {s for s in [*cfg.eval_steps, *cfg.fork_steps] if start_step < s <= end_step}
+    eval_at |= {
+        s for s in [*cfg.eval_steps, *cfg.fork_steps, *cfg.rungs] if start_step < s <= end_step
+    }
     eval_at.add(end_step)
     ckpt_at = {s for s in cfg.fork_steps if start_step < s <= end_step}
     if cfg.checkpoint_every:
@@ -156,6 +164,7 @@ def plan(space: SpaceConfig) -> Plan:
     """Build the segment tree of ``space``."""
     g, tasks = space.grid, space.tasks
     Ls, F, top = g.pretrain_steps, g.finetune_steps, g.pretrain_steps[-1]
+    rungs = space.prune.rungs(F) if space.prune else []
     budgets = [L + F for L in Ls]  # the matched compute of every trial at each L
     segments: dict[str, Segment] = {}
     trials: list[Trial] = []
@@ -172,6 +181,8 @@ def plan(space: SpaceConfig) -> Plan:
             seed=seed,
             parent=trunk.id,
             start_step=L,
+            rungs=[L + r for r in rungs],
+            method=method,
         )
         segments[b.id] = b
         lineage = [Piece(trunk.id, 0, L), Piece(b.id, L, L + F)]
@@ -183,7 +194,13 @@ def plan(space: SpaceConfig) -> Plan:
             pretrain = PhaseConfig(
                 steps=top, mixture=MixtureConfig(rule="explicit", rates=hr), name="pretrain"
             )
-            trunk = Segment(id=f"pt-s{seed}", phases=[pretrain], seed=seed, fork_steps=list(Ls))
+            trunk = Segment(
+                id=f"pt-s{seed}",
+                phases=[pretrain],
+                seed=seed,
+                fork_steps=list(Ls),
+                rungs=list(Ls) if rungs else [],
+            )
             segments[trunk.id] = trunk
             for L in Ls:
                 for w in g.low_rates:
@@ -198,6 +215,7 @@ def plan(space: SpaceConfig) -> Plan:
                     seed=seed,
                     fork_steps=list(Ls) if "restart" in space.methods else [],
                     eval_steps=budgets if "scalarization" in space.methods else [],
+                    rungs=list(Ls) if rungs and "restart" in space.methods else [],
                 )
                 segments[trunk.id] = trunk
                 for L in Ls:

@@ -50,7 +50,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     this trial (see ``ray_mtl.scheduler.Tree``; none yet for a trial started ahead of a fork)."""
     ctx = ray.train.get_context()
     worker = Worker(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
-    chain, more = _configs(config["segments"]), None
+    chain, more, judge = _configs(config["segments"]), None, None
     if config.get("dispatcher"):
         name, trial = config["dispatcher"]
         actor = ray.get_actor(name)
@@ -67,6 +67,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     return _configs(plain)
                 time.sleep(POLL_S)
             return {}
+
+        def judge(seg: str, step: int, ce: dict[str, float]) -> bool:
+            return _from_rank0(worker, lambda: ray.get(actor.judge.remote(seg, step, ce)))
 
     # The first report carries how long the run took to start: from the Tune trial's start (or
     # the trainer's) to this rank's loop (Ray Train's controller, workers, process group).
@@ -91,7 +94,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             checkpoint.save_dir(d, state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    train_chain(chain, worker, report, resume, more)
+    train_chain(chain, worker, report, resume, more, judge)
 
 
 class RowsCallback(UserCallback):

@@ -192,7 +192,7 @@ def _trial_label(row: pd.Series) -> str:
             parts.append(f"{'T' if k == 'temperature' else k}={row[k]:g}")
     parts.append(f"seed={row['seed']}")
     if row["status"] != "finished":
-        parts.append("(partial)")
+        parts.append("(pruned)" if row["status"] == "pruned" else "(partial)")
     return " ".join(parts)
 
 
@@ -508,6 +508,18 @@ def perplexity_table(
     return pts[["trial", "method", *(axis_name((t, "ppl")) for t in tasks)]]
 
 
+def pruned_table(results: Results) -> pd.DataFrame:
+    """The trials a pruned sweep stopped at a rung: where, and the steps that saved."""
+    m = results.metrics
+    stops = m[m["metric"] == "pruned"].groupby("segment")["step"].min()
+    t = results.trials[results.trials["status"] == "pruned"]
+    if t.empty:
+        return pd.DataFrame()
+    last = [json.loads(lineage)[-1]["segment"] for lineage in t["lineage"]]
+    out = t[["trial", "method", "L", "w", "seed"]].assign(stopped_at=stops.reindex(last).values)
+    return out.assign(steps_saved=t["final_step"].values - out["stopped_at"])
+
+
 def evaluation_sets_table(results: Results, curves: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each trial's scores on the sets beyond test (``data.eval_sets``, ``ray_mtl.evaluate``), at
     each task's best dev weights: a row per trial, set and task, scored at the trial's end only
@@ -541,6 +553,10 @@ def _html(results: Results, fr: dict, images: dict[str, bytes], curves=None) -> 
     if not ppl.empty:
         ppl = ppl.to_html(index=False, na_rep="", float_format="{:.4g}".format)
         table += f"\n<h2>Perplexity of the frontier points (dev, per token)</h2>{ppl}"
+    pruned = pruned_table(results)
+    if not pruned.empty:
+        pruned = pruned.to_html(index=False, na_rep="", float_format="{:.4g}".format)
+        table += f"\n<h2>Pruned trials (stopped at a rung, never on a front)</h2>{pruned}"
     extra = evaluation_sets_table(results, curves)
     if not extra.empty:
         extra = extra.to_html(index=False, na_rep="", float_format="{:.4g}".format)

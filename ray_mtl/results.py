@@ -64,9 +64,10 @@ SWEEP_ENTRIES = frozenset(
     | {"report", "evaluations", "tensorboard", "mlruns"}
 )
 """What a sweep writes in its dir (``--overwrite`` deletes these and nothing else)."""
-STATUSES = ("pending", "running", "finished", "diverged", "failed")
-"""A trial's status: not started, started, every piece trained, a piece's loss went non-finite,
-a piece failed (or its ancestor did) and will not run."""
+STATUSES = ("pending", "running", "finished", "pruned", "diverged", "failed")
+"""A trial's status: not started, started, every piece trained, a piece was stopped at a rung
+(``prune``), a piece's loss went non-finite, a piece failed (or its ancestor did) and will not
+run."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,8 +78,8 @@ a piece failed (or its ancestor did) and will not run."""
 def metric_rows(segment: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Flat reported metrics -> rows (segment, step, task, split, metric, value).
 
-    ``split/task/metric`` keys become per-task rows; ``lr``, ``tokens_per_s``, ``diverged``,
-    ``setup_s`` and ``eval_s`` become run-level rows with task ``*``; strings (sacrebleu
+    ``split/task/metric`` keys become per-task rows; ``lr``, ``diverged``, ``pruned`` and the
+    timings (``TIMINGS``) become run-level rows with task ``*``; strings (sacrebleu
     signatures) are not rows.
     """
     step = int(metrics["step"])
@@ -89,7 +90,7 @@ def metric_rows(segment: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
         parts = key.split("/")
         if len(parts) == 3:
             split, task, metric = parts
-        elif key in ("lr", "diverged", *TIMINGS):
+        elif key in ("lr", "diverged", "pruned", *TIMINGS):
             split, task, metric = "train", "*", key
         else:
             continue
@@ -175,13 +176,17 @@ def code_version() -> str:
         return ray_mtl.__version__
 
 
-def trial_status(lineage: list[dict], ends: dict, diverged: dict, failed: set[str]) -> str:
+def trial_status(
+    lineage: list[dict], ends: dict, diverged: dict, failed: set[str], pruned: dict | None = None
+) -> str:
     """A trial's status from its segments' progress (``ends``: last step with rows),
-    divergence (step) and failure."""
+    divergence and pruning (the step of each) and failure."""
     for p in lineage:
         seg, to_step = p["segment"], p["to_step"]
         if seg in diverged and diverged[seg] <= to_step:
             return "diverged"
+        if pruned and seg in pruned and pruned[seg] < to_step:
+            return "pruned"
         if seg in failed and ends.get(seg, -1) < to_step:
             return "failed"
     if all(ends.get(p["segment"], -1) >= p["to_step"] for p in lineage):
@@ -193,8 +198,10 @@ def trials_table(plan: dict, metrics: pd.DataFrame, failed: set[str], meta: dict
     """One row per trial of ``plan`` (``Plan.to_dict()``), its status read from ``metrics``, its
     data and code versions from ``meta`` (``results.json``)."""
     ends = metrics.groupby("segment")["step"].max().to_dict() if len(metrics) else {}
-    div = metrics[metrics["metric"] == "diverged"] if len(metrics) else metrics
-    diverged = div.groupby("segment")["step"].min().to_dict() if len(div) else {}
+    stops = {}
+    for flag in ("diverged", "pruned"):
+        rows = metrics[metrics["metric"] == flag] if len(metrics) else metrics
+        stops[flag] = rows.groupby("segment")["step"].min().to_dict() if len(rows) else {}
     # What the sweep ran: the code at its start, then at each resume that ran other code.
     version = " then ".join(meta.get("code_versions", [])) or code_version()
     rows = []
@@ -215,7 +222,7 @@ def trials_table(plan: dict, metrics: pd.DataFrame, failed: set[str], meta: dict
                 seed=t["seed"],
                 lineage=json.dumps(lineage),
                 final_step=lineage[-1]["to_step"],
-                status=trial_status(lineage, ends, diverged, failed),
+                status=trial_status(lineage, ends, stops["diverged"], failed, stops["pruned"]),
                 manifest_hash=meta.get("manifest_hash", ""),
                 code_version=version,
             )
@@ -321,7 +328,9 @@ class Results:
 
     @property
     def partial(self) -> bool:
-        return self.finished < len(self.trials)
+        """Some trial is still to run or failed (a pruned trial has ended: the tree stopped it)."""
+        ended = self.trials["status"].isin(["finished", "pruned"])
+        return int(ended.sum()) < len(self.trials)
 
     def file(self, name: str) -> str:
         return join(self.path, name)

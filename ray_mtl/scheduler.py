@@ -18,8 +18,11 @@ import dataclasses
 import json
 from collections.abc import Callable
 
+import numpy as np
+
 from ray_mtl.config import from_dict
 from ray_mtl.plan import Segment
+from ray_mtl.prune import should_stop
 from ray_mtl.storage import filesystem, join, with_path
 
 # A trial told to wait (``Tree.more`` answered None) asks again every POLL_S seconds, and ends
@@ -73,6 +76,7 @@ class Tree:
         slots: int | None = None,
         storage: str = "",
         collect: bool = True,
+        prune: dict | None = None,
     ):
         self.segments = segments
         self.slots = slots
@@ -92,6 +96,11 @@ class Tree:
         self.collect = collect
         """Delete checkpoints the tree no longer needs (``collectable``); False keeps all."""
         self.deleted: list[str] = []  # keys of ``forks`` whose checkpoint was deleted
+        self.prune = prune
+        """The rule of ``judge`` (``PruneConfig``'s rule, shrink and eta; None: no pruning)."""
+        self.rung_points: dict[str, list] = {}  # "<method>@<steps since fork>" -> [[seg, point]]
+        self.decisions: dict[str, bool] = {}  # "<segment>@<step>" -> stopped there (final)
+        self.pruned: dict[str, int] = {}  # segment -> the step it was stopped at
 
     def to_json(self) -> str:
         state = self.__dict__ | {
@@ -165,9 +174,39 @@ class Tree:
         return f"{s.parent}@{s.start_step}"
 
     def finished(self) -> bool:
-        """Every segment issued, or unreachable behind a failure or a divergence."""
-        issued = sum(len(c) for c in self.issued.values())
-        return issued + len(self.unreachable()) >= len(self.segments)
+        """Every segment issued or pruned, or unreachable behind a failure, a divergence or a
+        pruned trunk."""
+        done = {i for c in self.issued.values() for i in c} | set(self.pruned)
+        return len(done | self.unreachable()) >= len(self.segments)
+
+    def judge(self, seg: str, step: int, ce: dict[str, float]) -> bool:
+        """Whether ``seg`` stops at ``step``, one of its rungs (``ce``: its best dev CE per task
+        since its fork). A branch is compared with its method's branches at the same steps
+        since their fork (``prune.should_stop``); a trunk stops when no fork step or trial end
+        still ahead of it serves a branch that is not pruned. Decisions are final: asked again
+        (a restart), it answers as before."""
+        key = f"{seg}@{step}"
+        if key not in self.decisions:
+            s = self.segments[seg]
+            if self.prune is None:
+                stop = False
+            elif s.parent is None:
+                stop = not self._serves_ahead(s, step)
+            else:
+                points = self.rung_points.setdefault(f"{s.method}@{step - s.start_step}", [])
+                points.append([seg, [ce[t] for t in sorted(ce)]])
+                stop = should_stop(np.array([p for _, p in points]), **self.prune)
+            self.decisions[key] = stop
+            if stop:
+                self.pruned[seg] = step
+        return self.decisions[key]
+
+    def _serves_ahead(self, trunk: Segment, step: int) -> bool:
+        """Whether a trial end or a fork with a branch not pruned lies past ``step``."""
+        if any(e > step for e in trunk.eval_steps):
+            return True
+        ahead = [f"{trunk.id}@{f}" for f in trunk.fork_steps if f > step]
+        return any(self._fork(b) in ahead and b not in self.pruned for b in self.segments)
 
     def _left(self, seg: str) -> int:
         return self.segments[seg].steps - self.progress.get(seg, 0)
@@ -191,7 +230,7 @@ class Tree:
     def _coming(self) -> list[str]:
         """Segments not issued nor ready that forks in running trials will still release."""
         owned = {i for t, c in self.issued.items() if t in self.running for i in c}
-        dead = set(self.failed) | set(self.diverged)
+        dead = set(self.failed) | set(self.diverged) | set(self.pruned)
 
         def live(s: Segment) -> bool:
             return s.parent in owned and s.parent not in dead and self._fork(s.id) not in self.forks
@@ -200,27 +239,29 @@ class Tree:
         return [i for i in self.segments if i in out]
 
     def unreachable(self) -> set[str]:
-        """Segments that can never start because an ancestor failed or diverged before their
-        fork step."""
+        """Segments that can never start because an ancestor failed, diverged or was pruned
+        before their fork step."""
         issued = {i for c in self.issued.values() for i in c}
-        dead = set(self.failed) | set(self.diverged)
+        dead = set(self.failed) | set(self.diverged) | set(self.pruned)
         return self._closure(
             lambda s: s.parent in dead and self._fork(s.id) not in self.forks, issued
         )
 
     def on_result(self, result: dict) -> bool:
-        """Records progress; True when the result is a new fork (its branches are ready) or a
-        divergence (its unforked branches never will be)."""
+        """Records progress; True when the result is a new fork (its branches are ready), a
+        divergence (its unforked branches never will be) or the stop of a pruned segment."""
         seg, step = result["segment"], int(result["step"])
         self.progress[seg] = step - self.segments[seg].start_step
         if result.get("diverged"):
             if seg not in self.diverged:
                 self.diverged.append(seg)
             return True
+        if result.get("pruned"):
+            self.progress[seg] = self.segments[seg].steps  # it trains no further
         path = result.get("checkpoint_path")
         key = f"{seg}@{step}"
         if not path or key in self.forks:
-            return False
+            return bool(result.get("pruned"))
         self.forks[key] = self._relative(path)
         self.ready += [i for i in self.segments if self._fork(i) == key]
         return True
@@ -264,7 +305,7 @@ class Tree:
             if int(step) in (self.segments[seg].end_step, max(steps[seg])):
                 continue
             branches = [i for i in self.segments if self._fork(i) == key]
-            if all(b in own or b in self.diverged for b in branches):
+            if all(b in own or b in self.diverged or b in self.pruned for b in branches):
                 self.deleted.append(key)
                 fork = self.forks[key]
                 out.append(
@@ -278,6 +319,7 @@ class Tree:
         ``live`` had handed it; those handed to trials Tune never saved are ready again."""
         tree = Tree.from_json(live.to_json())
         lost = [i for t, c in live.issued.items() if t not in self.issued for i in c]
+        lost = [i for i in lost if i not in live.pruned]  # a decision stands
         tree.issued = {t: c for t, c in live.issued.items() if t in self.issued}
         tree.running = [t for t in live.running if t in self.issued]
         tree.ready = lost + [i for i in live.ready if i not in lost]

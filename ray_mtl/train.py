@@ -47,6 +47,9 @@ from ray_mtl.schedule import Schedule
 # report(metrics, state) sends metrics (and, from rank 0, a checkpoint's state) to wherever the
 # run is recorded: Ray Train's report, or files under run_dir when running without Ray.
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
+# judge(step, ce) at a rung: whether the run stops there (ce: each task's best dev CE so far, on
+# rank 0; every rank gets the answer). A sweep's scheduler answers (``scheduler.Tree.judge``).
+Judge = Callable[[int, dict[str, float]], bool]
 
 
 class Diverged(Exception):
@@ -212,10 +215,13 @@ def train(
     resume: dict | None = None,
     prepared: data_lib.Prepared | None = None,
     begun: float | None = None,
+    judge: Judge | None = None,
 ) -> dict:
     """Run ``cfg`` on this worker. ``resume`` is the state of this same run (fault recovery);
     ``prepared`` is ``cfg.data`` already prepared (segments of a chain share it), ``begun`` the
-    ``time.perf_counter()`` at which its preparation began (default: now).
+    ``time.perf_counter()`` at which its preparation began (default: now); ``judge`` is asked
+    at each of ``cfg.rungs`` before the end whether to stop there (then the report says
+    ``pruned``).
 
     Returns the last metrics reported; raises ``Diverged`` at a non-finite loss. Reports time
     what is not optimizer steps: ``setup_s`` (the first: data, model, optimizer, sampler,
@@ -352,6 +358,10 @@ def train(
                     sampler=sampler,
                     best=best,
                 )
+        rung = judge is not None and done in cfg.rungs and done < schedule.end_step
+        if rung and judge(done, {t: b["ce"] for t, b in best.best.items()}):
+            report(metrics | {"pruned": 1}, state)
+            return metrics
         report(metrics, state)
         tokens_seen, t0 = 0, time.perf_counter()
     return metrics
@@ -395,6 +405,7 @@ def train_chain(
     report: Report,
     resume: dict | None = None,
     more: Callable[[], dict[str, TrainConfig]] | None = None,
+    judge: Callable[[str, int, dict[str, float]], bool] | None = None,
 ) -> None:
     """Train the segments of ``chain`` (id -> config, possibly none) in order on this worker,
     then those that ``more()`` gives while it gives any. Each report's metrics and checkpoint
@@ -403,7 +414,8 @@ def train_chain(
 
     ``resume`` is the latest checkpoint state of this run (fault recovery): its segment goes on
     from it, or, if it is that segment's last, the next one starts; those before it are done.
-    A segment that diverges is reported (``"diverged"``) and the next one starts.
+    A segment that diverges is reported (``"diverged"``) and the next one starts, as does one
+    that ``judge(segment, step, ce)`` stops at a rung (``"pruned"``).
     """
     todo = list(chain)
     if resume is not None:
@@ -422,8 +434,9 @@ def train_chain(
             begun = time.perf_counter()
             if key not in prepared:
                 prepared[key] = data_lib.prepare(cfg.data, verbose=False)
+            at_rung = judge and (lambda step, ce, seg=seg: judge(seg, step, ce))
             try:
-                train(cfg, worker, tagged, resume, prepared[key], begun)
+                train(cfg, worker, tagged, resume, prepared[key], begun, at_rung or None)
             except Diverged as e:
                 print(f"{seg}: diverged at {e}", flush=True)
                 tagged(e.metrics | {"diverged": 1}, None)

@@ -117,6 +117,13 @@ class Dispatcher:
         self.tree.on_complete(trial_id, error)
         self._save()
 
+    def judge(self, seg: str, step: int, ce: dict[str, float]) -> bool:
+        """Whether a segment stops at a rung; on storage before it is answered, so a resumed
+        sweep keeps every decision."""
+        stop = self.tree.judge(seg, step, ce)
+        self._save()
+        return stop
+
     def finished(self) -> bool:
         return self.tree.finished()
 
@@ -170,7 +177,7 @@ class TreeSearcher(Searcher):
         return Searcher.FINISHED if ray.get(self.actor.finished.remote()) else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        keys = ("segment", "step", "checkpoint_path", "diverged")
+        keys = ("segment", "step", "checkpoint_path", "diverged", "pruned")
         ray.get(self.actor.on_result.remote({k: result.get(k) for k in keys}))
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
@@ -276,12 +283,12 @@ class TreeProgress(Callback):
             if "node_id" in result:
                 self.timeline[seg.id]["node"] = result["node_id"]
             self._write()
-        ended = int(result["step"]) == seg.end_step or result.get("diverged")
-        if ended and seg.id not in self.done:
+        stopped = [k for k in ("diverged", "pruned") if result.get(k)]
+        if (int(result["step"]) == seg.end_step or stopped) and seg.id not in self.done:
             self.done.add(seg.id)
             self.free_at[trial.trial_id] = self.timeline[seg.id]["end"] = time.time()
-            if result.get("diverged"):
-                self.timeline[seg.id]["diverged"] = True
+            for k in stopped:
+                self.timeline[seg.id][k] = True
             self._write()
         self._print()
 
@@ -476,7 +483,10 @@ def _run_sweep(space, sweep, resume, overwrite, dashboard, no_sharing) -> str:
         )
     else:
         collect = space.keep_checkpoints == "needed"
-        searcher = TreeSearcher(name, space, sweep, Tree(tree.segments, slots, sweep, collect))
+        rule = space.prune and {k: getattr(space.prune, k) for k in ("rule", "shrink", "eta")}
+        searcher = TreeSearcher(
+            name, space, sweep, Tree(tree.segments, slots, sweep, collect, prune=rule or None)
+        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -590,7 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = res.trials["status"].value_counts().to_dict()
     if counts.get("diverged"):
         print(f"{counts['diverged']} trial(s) diverged (non-finite loss): see trials.parquet")
-    if set(counts) - {"finished", "diverged"}:
+    if counts.get("pruned"):
+        print(f"{counts['pruned']} trial(s) pruned (beaten at a rung): see trials.parquet")
+    if set(counts) - {"finished", "diverged", "pruned"}:
         shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "finished")
         print(
             f"error: not every trial finished ({shown}); fix the cause, then "

@@ -200,7 +200,7 @@ def test_frontier_and_write(toy):
     fr = frontier(res)
     json.dumps(fr, allow_nan=False)
     assert fr["axes"] == ["eng-fra/ce", "eng-ron/ce"] and fr["senses"] == [-1, -1]
-    assert fr["trials"] == {"total": 3, "finished": 2, "with_values": 3}
+    assert fr["trials"] == {"total": 3, "finished": 2, "pruned": 0, "with_values": 3}
     tp = fr["methods"]["two_phase"]
     assert [m["trial"] for m in tp["front"]] == ["tp"]  # (3.5, 3.0) dominates run's (4.0, 4.5)
     assert fr["dominance"]["two_phase"]["scalarization"] == 0.0

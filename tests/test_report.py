@@ -72,8 +72,9 @@ def piece(segment, a, b):
     return {"segment": segment, "from_step": a, "to_step": b}
 
 
-def make_sweep(path: Path) -> Path:
-    """Two-phase (L x w x seed, one trunk per seed, one trial still running) and scalarization."""
+def make_sweep(path: Path, pruned: bool = False) -> Path:
+    """Two-phase (L x w x seed, one trunk per seed, one trial still running, or ``pruned`` at
+    step 60) and scalarization."""
     rows, trials, steps = [], [], range(0, BUDGET + 1, EVAL_EVERY)
     for seed in (0, 1):
         trunk = f"pt-s{seed}"
@@ -84,10 +85,12 @@ def make_sweep(path: Path) -> Path:
                 running = seed == 1 and L == 40 and w == 0.6
                 sim = simulate([0.0] * L + [w] * (BUDGET - L), seed)
                 rows += rows_of(seg, sim, range(L, 61 if running else BUDGET + 1, EVAL_EVERY))
+                rows += [(seg, 60, "*", "train", "pruned", 1.0)] if running and pruned else []
+                status = ("pruned" if pruned else "running") if running else "finished"
                 trials.append({
                     "trial": f"tp-L{L}-w{w}-s{seed}", "method": "two_phase", "L": L,
                     "F": BUDGET - L, "w": w, "seed": seed, "final_step": BUDGET,
-                    "status": "running" if running else "finished",
+                    "status": status,
                     "lineage": [piece(trunk, 0, L), piece(seg, L, BUDGET)],
                 })  # fmt: skip
         for w in (0.1, 0.3, 0.6):
@@ -120,6 +123,19 @@ def test_report_writes_figures_and_html(sweep, capsys):
     assert "Statistics over seeds" in page and "The seeds cannot tell" in page
     fr = json.loads((sweep / "report" / "frontier.json").read_text())
     assert set(fr["methods"]) == {"two_phase", "scalarization"}
+
+
+def test_a_pruned_trial_is_listed_as_such_and_never_on_a_front(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "toy-sweep", pruned=True)
+    assert main([str(sweep)]) == 0
+    page = (sweep / "report" / "index.html").read_text()
+    assert "PARTIAL" not in page and "partial:" not in page  # a pruned trial has ended
+    table = page.split("Pruned trials")[1].split("</table>")[0]
+    assert "tp-L40-w0.6-s1" in table and "<td>60</td>" in table and "<td>20</td>" in table
+    fr = json.loads((sweep / "report" / "frontier.json").read_text())
+    assert fr["trials"]["pruned"] == 1
+    members = {m["trial"] for v in fr["methods"].values() for m in v["front"]}
+    assert "tp-L40-w0.6-s1" not in members
 
 
 def test_report_options(sweep, tmp_path):

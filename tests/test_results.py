@@ -26,6 +26,11 @@ def test_trial_status_follows_its_lineage():
     assert status({"pt": 150, "tp": 200}, diverged={"pt": 150}) == "finished"
     assert status({"pt": 80}, diverged={"pt": 80}) == "diverged"  # before the fork: never runs
     assert status({"pt": 200, "tp": 150}, diverged={"tp": 150}) == "diverged"
+    pruned = {"tp": 150}  # stopped at a rung: its trial has ended, not failed
+    assert trial_status(TRUNK_THEN_BRANCH, {"pt": 200, "tp": 150}, {}, set(), pruned) == "pruned"
+    assert trial_status(TRUNK_THEN_BRANCH, {"pt": 200, "tp": 200}, {}, set(), {"pt": 200}) == (
+        "finished"  # a trunk stopped past this trial's piece of it
+    )
     assert status({"pt": 200, "tp": 120}, failed={"tp"}) == "failed"
     assert status({"pt": 200, "tp": 200}, failed={"tp"}) == "finished"  # failed after its end
 

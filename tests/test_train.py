@@ -354,3 +354,30 @@ def test_a_non_finite_loss_stops_the_segment_and_the_chain_goes_on(data_cfg, tmp
     assert {"metric": "diverged", "value": 1.0} in [
         {k: r[k] for k in ("metric", "value")} for r in rows
     ]
+
+
+def test_a_segment_stopped_at_a_rung_reports_pruned_and_the_chain_goes_on(data_cfg, tmp_path):
+    """The judge is asked at each rung before the end, with each task's best dev CE so far; a
+    segment it stops reports ``pruned`` at that rung (with its checkpoint, if one was due) and
+    trains no further, and the next segment of the chain trains as usual."""
+    asked = []
+
+    def judge(seg: str, step: int, ce: dict[str, float]) -> bool:
+        asked.append((seg, step, sorted(ce)))
+        return seg == "a" and step == 10
+
+    a = config(data_cfg, tmp_path / "a", [pretrain(20)], rungs=[5, 10, 15], fork_steps=[10])
+    b = config(data_cfg, tmp_path / "b", [pretrain(10)], rungs=[5, 10])
+    reports = []
+    train.train_chain(
+        {"a": a, "b": b}, train.Worker(), lambda m, s: reports.append((m, s)), judge=judge
+    )
+    tasks = sorted(data_cfg.tasks)
+    assert asked == [("a", 5, tasks), ("a", 10, tasks), ("b", 5, tasks)]  # never at the end
+    of_a = [(m["step"], m.get("pruned"), s is not None) for m, s in reports if m["segment"] == "a"]
+    assert of_a == [(5, None, False), (10, 1, True)]
+    assert [m["step"] for m, _ in reports if m["segment"] == "b"] == [5, 10]
+    rows = metric_rows("a", reports[1][0])
+    assert {"metric": "pruned", "value": 1.0} in [
+        {k: r[k] for k in ("metric", "value")} for r in rows
+    ]

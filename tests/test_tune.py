@@ -205,3 +205,45 @@ def test_invalid_yaml_and_unwritable_storage_are_refused(ray_session, tmp_path, 
 def test_smoke_space_parses_as_shipped():
     # The bad-space cases above are the shipped space with one field changed.
     assert from_dict(SpaceConfig, smoke_dict()).resources.num_workers == 2
+
+
+def test_a_pruned_sweep_judges_every_branch_at_its_rungs(ray_session, shared_data, tmp_path):
+    """Four branches from one fork under the rank rule: every branch reaches the first rung and
+    is judged there through the dispatcher, each decision is the rule applied to the points in
+    arrival order, and it is on storage. A pruned trial (which one, if any, depends on the
+    values and their order: ``test_prune`` and ``test_report`` check the cases by hand) keeps
+    its rows up to its rung, is never on a front, and shows as pruned in the trials table, the
+    frontier and the report."""
+    import numpy as np
+    from conftest import sized_space
+
+    from ray_mtl.prune import should_stop
+
+    grid = {"pretrain_steps": [100], "finetune_steps": 100, "low_rates": [0.2, 0.4, 0.6, 0.8]}
+    prune = {"rule": "rank", "eta": 2, "first_rung": 25}
+    space = sized_space(tmp_path, "pruned", methods=["two_phase"], grid=grid, prune=prune)
+    assert main(["--space", str(space), "--storage", str(tmp_path)]) == 0
+    sweep = tmp_path / "pruned"
+
+    tree = json.loads((sweep / "tree_state.json").read_text())
+    assert len(tree["rung_points"]["two_phase@25"]) == 4
+    for rung, points in tree["rung_points"].items():
+        step = 100 + int(rung.split("@")[1])
+        for i, (seg, _) in enumerate(points):
+            want = should_stop(np.array([p for _, p in points[: i + 1]]), "rank", eta=2)
+            assert tree["decisions"][f"{seg}@{step}"] == want, (seg, step)
+    trials = pd.read_parquet(sweep / "trials.parquet").set_index("trial")
+    assert set(trials.status) <= {"finished", "pruned"}
+    assert set(tree["pruned"]) == set(trials.index[trials.status == "pruned"])
+    metrics = pd.read_parquet(sweep / "metrics.parquet")
+    for seg, step in tree["pruned"].items():
+        rows = metrics[metrics.segment == seg]
+        assert step in (125, 150) and rows.step.max() == step, seg  # nothing past the rung
+        assert set(rows[rows.metric == "pruned"].step) == {step}
+    doc = json.loads((sweep / "frontier.json").read_text())
+    assert doc["best"]["trials"]["pruned"] == len(tree["pruned"])
+    on_front = {m["trial"] for v in doc["best"]["methods"].values() for m in v["front"]}
+    assert on_front and not on_front & set(tree["pruned"])
+    page = (sweep / "report" / "index.html").read_text()
+    assert "PARTIAL REPORT" not in page
+    assert ("Pruned trials" in page) == bool(tree["pruned"])

@@ -1,0 +1,159 @@
+"""Pareto-aware pruning on its own: the rules on fronts worked out by hand, and the Tree's
+decisions, stops and resume (plain data: no Ray, no torch).
+
+    .venv/bin/python -m pytest -q tests/test_prune.py      # a second
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ray_mtl.config import SpaceConfig, from_dict
+from ray_mtl.errors import UserError
+from ray_mtl.plan import plan
+from ray_mtl.prune import crowding, nondominated_ranks, rank_keys, rung_steps, should_stop
+from ray_mtl.scheduler import Tree
+
+ROOT = Path(__file__).resolve().parents[1]
+# Minimisation points (CE of two tasks). a, b, c are a front; d is dominated by c alone.
+A, B, C, D = [1.0, 3.0], [3.0, 1.0], [2.5, 2.5], [2.9, 2.9]
+
+
+def test_rungs_are_spaced_geometrically_before_the_branch_ends():
+    assert rung_steps(1000, 125, 2) == [125, 250, 500]
+    assert rung_steps(100, 25, 2) == [25, 50]
+    assert rung_steps(10, 1, 1.2) == [1, 2, 3, 4, 5, 6, 7, 9]  # rounded, never twice
+    assert rung_steps(100, 100, 2) == []
+
+
+def test_ranks_and_crowding_by_hand():
+    pts = np.array([A, B, C, D, [5.0, 5.0]])
+    assert nondominated_ranks(pts).tolist() == [0, 0, 0, 1, 2]
+    # x: 1, 2.5, 3 (span 2): c gets (3 - 1) / 2; y the same: 2 in all; the ends infinity.
+    assert crowding(np.array([A, B, C])).tolist() == [math.inf, math.inf, 2.0]
+    keys = rank_keys(np.array([A, B, C, D]))
+    assert keys == [(0, -math.inf), (0, -math.inf), (0, -2.0), (1, -math.inf)]
+
+
+def test_scaled_pareto_stops_what_the_shrunk_front_dominates():
+    # ref = worst (3, 3) + 10% of the range (2) = (3.2, 3.2); c shrunk by s: 3.2 - 0.7 s.
+    assert not should_stop(np.array([A, B, C]), "scaled_pareto", shrink=0.9)  # on the front
+    assert should_stop(np.array([A, B, C, D]), "scaled_pareto", shrink=0.9)  # c' = 2.57 < 2.9
+    assert should_stop(np.array([A, B, C, D]), "scaled_pareto", shrink=0.5)  # c' = 2.85
+    assert not should_stop(np.array([A, B, C, D]), "scaled_pareto", shrink=0.2)  # c' = 3.06
+    assert not should_stop(np.array([A, D]), "scaled_pareto", eta=3)  # too few to judge
+
+
+def test_rank_rule_keeps_the_best_one_in_eta():
+    # c (rank 0, the least crowded) arrives third: a and b are ahead of it, and 2 >= 3 / 2.
+    assert should_stop(np.array([A, B, C]), "rank", eta=2)
+    assert should_stop(np.array([A, B, D]), "rank", eta=2)  # rank 1
+    assert not should_stop(np.array([A, B, [0.5, 0.5]]), "rank", eta=2)  # dominates both
+    assert not should_stop(np.array([A, B]), "rank", eta=2)  # a tie (both ends) goes on
+    assert not should_stop(np.array([A, C, B]), "rank", eta=2)  # b is an end: none ahead
+    assert not should_stop(np.array([A, B, C]), "rank", eta=4)  # too few to judge
+
+
+def pruned_space(**prune) -> SpaceConfig:
+    space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
+    space["grid"]["low_rates"] = [0.2, 0.4, 0.6]
+    return from_dict(SpaceConfig, space | {"prune": {"eta": 2} | prune})
+
+
+def tree_of(space: SpaceConfig) -> Tree:
+    rule = {k: getattr(space.prune, k) for k in ("rule", "shrink", "eta")}
+    return Tree(plan(space).segments, slots=2, prune=rule)
+
+
+def test_branches_get_rungs_and_the_trunk_asks_at_its_forks():
+    segs = plan(pruned_space()).segments
+    assert segs["tp-L100-w0.2-s0"].rungs == [125, 150]  # F 100: first 25, then x2
+    assert segs["tp-L200-w0.2-s0"].method == "two_phase"
+    assert segs["pt-s0"].rungs == [100, 200] and segs["st-w0.2-s0"].rungs == []
+    assert plan(pruned_space(first_rung=40)).segments["tp-L100-w0.2-s0"].rungs == [140, 180]
+
+
+def test_tree_prunes_at_a_rung_and_its_decisions_stand():
+    tree = tree_of(pruned_space(rule="rank"))
+    b = [f"tp-L100-w{w}-s0" for w in ("0.2", "0.4", "0.6")]
+    assert not tree.judge(b[0], 125, {"eng-fra": A[0], "eng-ron": A[1]})
+    assert not tree.judge(b[1], 125, {"eng-fra": 0.5, "eng-ron": 0.5})  # dominates a
+    assert tree.judge(b[2], 125, {"eng-fra": 3.5, "eng-ron": 3.5})  # rank 2: both ahead
+    assert tree.pruned == {b[2]: 125}
+    # Asked again (a restarted worker, other values): the same answer, no second point.
+    assert tree.judge(b[2], 125, {"eng-fra": 0.1, "eng-ron": 0.1})
+    assert len(tree.rung_points["two_phase@25"]) == 3
+    # Resume: the state file holds every decision, and a pruned segment is never ready again.
+    tree.issued = {"t1": [b[2]]}
+    live = Tree.from_json(tree.to_json())
+    saved = Tree.from_json(tree.to_json())
+    saved.issued = {}  # Tune never saved the trial that trained it
+    again = saved.resumed(live)
+    assert again.decisions == tree.decisions and again.pruned == {b[2]: 125}
+    assert b[2] not in again.ready
+
+
+def test_a_pruned_branch_ends_its_segment_and_frees_its_fork():
+    tree = tree_of(pruned_space())
+    tree.suggest("t0")
+    tree.on_result({"segment": "pt-s0", "step": 100, "checkpoint_path": "/ck/100"})
+    tree.on_result({"segment": "pt-s0", "step": 200, "checkpoint_path": "/ck/200"})
+    branches = [s for s in tree.segments if s.startswith("tp-L100")]
+    for i, b in enumerate(branches):
+        tree.issued.setdefault("t1", []).append(b)
+        tree.ready.remove(b)
+        tree.pruned[b] = 125
+        assert tree.on_result({"segment": b, "step": 125, "pruned": 1})
+        assert tree._left(b) == 0
+        assert tree.collectable() == (["/ck/100"] if i == len(branches) - 1 else [])
+
+
+def test_a_trunk_stops_once_nothing_ahead_of_it_serves_a_branch():
+    """A restart-only static trunk runs to max(L) + F, but past its last fork it serves no one:
+    with pruning on, it stops there. A fork ahead whose branches are all pruned serves no one
+    either."""
+    space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
+    space |= {"methods": ["restart"], "prune": {}}
+    tree = tree_of(from_dict(SpaceConfig, space))
+    trunk = "st-w0.3-s0"
+    assert tree.segments[trunk].end_step == 300 and tree.segments[trunk].rungs == [100, 200]
+    assert not tree.judge(trunk, 100, {})  # rs-L200 forks at 200
+    assert tree.judge(trunk, 200, {})
+    assert tree.pruned == {trunk: 200}
+    other = "st-w0.5-s0"
+    tree.pruned["rs-L200-w0.5-s0"] = 225  # as if pruned already: its fork serves no one
+    assert tree.judge(other, 100, {})
+
+
+def test_no_prune_rule_never_stops():
+    tree = Tree(plan(pruned_space()).segments)
+    assert not tree.judge("tp-L100-w0.2-s0", 125, {"eng-fra": 9.0, "eng-ron": 9.0})
+
+
+@pytest.mark.parametrize(
+    "prune, field",
+    [
+        ({"shrink": 1.0}, "prune.shrink"),
+        ({"shrink": 0}, "prune.shrink"),
+        ({"eta": 1}, "prune.eta"),
+        ({"factor": 1}, "prune.factor"),
+        ({"first_rung": 100}, "prune.first_rung"),
+        ({"rule": "median"}, "prune.rule"),
+    ],
+)
+def test_bad_prune_settings_name_the_field(prune, field):
+    space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
+    with pytest.raises(UserError, match=field.replace(".", r"\.")):
+        from_dict(SpaceConfig, space | {"prune": prune})
+
+
+def test_prune_without_branches_is_refused():
+    space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
+    space |= {"methods": ["scalarization"], "prune": {}}
+    with pytest.raises(UserError, match="prune: expected a space with branches"):
+        from_dict(SpaceConfig, space)
