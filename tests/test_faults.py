@@ -406,6 +406,7 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
         grid={"pretrain_steps": [20], "finetune_steps": 80, "low_rates": [0.3, 0.5]},
         checkpoint_every=20,
         keep_checkpoints="all",  # the checks below read which checkpoints were written
+        prune={"rule": "rank", "eta": 2},  # rungs at 40 and 60: decisions on both sides of the kill
     )
     sweep = tmp_path / "runs" / "drv"
     ray_tmpdir = short_dir()
@@ -425,6 +426,7 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
                 time.sleep(0.2)
         trunk = segment_files(sweep, "pt-s0")
         before = rows_by_segment(sweep)
+        decided = json.loads((sweep / "tree_state.json").read_text())["decisions"]
         killed = kill_driver(driver, ray_tmpdir)
     finally:
         kill_driver(driver, ray_tmpdir)
@@ -442,8 +444,16 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
     # Nothing finished ran again: the trunk's files (rows, checkpoints) are untouched.
     assert segment_files(sweep, "pt-s0") == trunk
     # The branch cut short went on from its own latest checkpoint, not from its fork.
-    assert_resumed_from_latest(sweep / "segments", running, [40, 60, 80, 100])
-    # Every trial finished, each segment exactly once in Tune.
+    tree = json.loads((sweep / "tree_state.json").read_text())
+    last = tree["pruned"].get(running, 100)
+    assert_resumed_from_latest(
+        sweep / "segments", running, [s for s in (40, 60, 80, 100) if s <= last]
+    )
+    # Every pruning decision made before the kill stands, and no branch was judged twice.
+    assert decided and tree["decisions"].items() >= decided.items()
+    for points in tree["rung_points"].values():
+        assert len({seg for seg, _ in points}) == len(points)
+    # Every trial ended, each segment exactly once in Tune.
     status = experiment_status(sweep)
     plan = json.loads((sweep / "plan.json").read_text())
     assert status == {s["id"]: "TERMINATED" for s in plan["segments"]}
@@ -453,7 +463,7 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
     every = space["eval"]["every"]
     for seg in plan["segments"]:
         start = seg["start_step"]
-        end = start + sum(p["steps"] for p in seg["phases"])
+        end = tree["pruned"].get(seg["id"], start + sum(p["steps"] for p in seg["phases"]))
         want = {s for s in range(start + 1, end + 1) if s % every == 0}
         want |= {s for s in seg["fork_steps"] + seg["eval_steps"] if start < s <= end} | {end}
         assert set(rows[rows.segment == seg["id"]].step) == want, seg["id"]
@@ -463,7 +473,7 @@ def test_driver_sigkill_then_resume(data_cfg, tmp_path, short_dir):
         assert merged.value_after.notna().all(), f"{seg}: rows lost"
         assert (merged.value == merged.value_after).all(), f"{seg}: rows changed"
     trials = pq.read_table(sweep / "trials.parquet").to_pandas()
-    assert (trials.status == "finished").all()
+    assert set(trials.trial[trials.status != "finished"]) == set(tree["pruned"])
 
 
 def test_ctrl_c_then_resume(data_cfg, tmp_path, short_dir, capsys):
