@@ -689,6 +689,9 @@ class TrainConfig(RunSettings):
 
 Method = Literal["two_phase", "scalarization", "restart", "temperature", "unimax"]
 METHODS = typing.get_args(Method)
+FORKING = ("two_phase", "restart")
+"""Methods whose trials are branches from fork checkpoints (pruned and refined)."""
+BRANCHES = "a space with branches (methods two_phase or restart)"
 
 
 @dataclasses.dataclass
@@ -820,6 +823,24 @@ class PruneConfig:
         return rung_steps(finetune_steps, self.first_rung or finetune_steps // 4, self.factor)
 
 
+@dataclasses.dataclass
+class RefineConfig:
+    """New branches from fork checkpoints that exist, at rates the grid did not try, where its
+    front has the largest gaps (``ray_mtl.refine``): each costs F steps, never a pre-training."""
+
+    budget_steps: int
+    """Optimizer steps all new branches may take together (each takes F)."""
+    methods: list[Method] = dataclasses.field(default_factory=lambda: ["two_phase"])
+    """Methods to refine: two_phase, the one whose branches take any w from its trunks' forks
+    (a restart branch's w is its static trunk's; the static methods have no forks)."""
+
+    def __post_init__(self) -> None:
+        check(self.budget_steps > 0, "budget_steps", "a positive integer", self.budget_steps)
+        for i, m in enumerate(self.methods):
+            why = "a method whose branches can take a new w from an existing fork: two_phase"
+            check(m == "two_phase", f"methods[{i}]", why, m)
+
+
 @dataclasses.dataclass(kw_only=True)
 class SpaceConfig(RunSettings):
     """A sweep: tasks, methods, grid, and (from ``RunSettings``) what every segment shares."""
@@ -854,6 +875,9 @@ class SpaceConfig(RunSettings):
     prune: PruneConfig | None = None
     """Stop branches (two_phase, restart) at rungs of their fine-tuning when their method's
     others beat them (unset: every branch runs its F steps)."""
+    refine: RefineConfig | None = None
+    """Try new rates w as new branches from existing fork checkpoints where the front has gaps,
+    within a step budget (unset: the grid only)."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
@@ -876,12 +900,17 @@ class SpaceConfig(RunSettings):
         check(self.max_concurrent >= 0, "max_concurrent", ">= 0", self.max_concurrent)
         check(bool(self.storage), "storage", "a path or URI", self.storage)
         if self.prune is not None:
-            F, forks = self.grid.finetune_steps, {"two_phase", "restart"} & set(self.methods)
+            F, forks = self.grid.finetune_steps, set(FORKING) & set(self.methods)
             first = self.prune.first_rung or F // 4
             check(0 < first < F, "prune.first_rung", f"0 or from 1 to {F - 1} (F - 1)", first)
-            check(
-                bool(forks), "prune", "a space with branches (two_phase or restart)", self.methods
-            )
+            check(bool(forks), "prune", BRANCHES, self.methods)
+        if self.refine is not None:
+            F, r = self.grid.finetune_steps, self.refine
+            fine = f"at least one fine-tuning phase (grid.finetune_steps = {F})"
+            check(r.budget_steps >= F, "refine.budget_steps", fine, r.budget_steps)
+            check(bool(r.methods), "refine.methods", "at least one method", r.methods)
+            for i, m in enumerate(r.methods):
+                check(m in self.methods, f"refine.methods[{i}]", "a method of the space", m)
 
     def settings(self) -> dict[str, Any]:
         """The ``RunSettings`` fields of this space, as keyword arguments of a ``TrainConfig``."""

@@ -160,11 +160,57 @@ def group_rates(high: list[str], low: list[str], w: float) -> dict[str, float]:
     return rates
 
 
+def new_branch(
+    method: str, prefix: str, trunk: str, L: int, F: int, w: float, seed: int, tasks, rungs=()
+) -> Segment:
+    """The branch of ``method`` from ``trunk`` at L: a reset, then F steps at rate w (``tasks``:
+    the space's task groups; ``rungs``: steps since the fork at which it asks the tree)."""
+    mix = MixtureConfig(rule="explicit", rates=group_rates(tasks.high, tasks.low, w))
+    return Segment(
+        id=f"{prefix}-L{L}-w{id_number(w)}-s{seed}",
+        phases=[PhaseConfig(steps=F, mixture=mix, reset=True, name="finetune")],
+        seed=seed,
+        parent=trunk,
+        start_step=L,
+        rungs=[L + r for r in rungs],
+        method=method,
+    )
+
+
+def branch_trial(b: Segment, w: float) -> Trial:
+    """The one trial a branch serves: its trunk up to the fork, then the branch."""
+    lineage = [Piece(b.parent, 0, b.start_step), Piece(b.id, b.start_step, b.end_step)]
+    return Trial(b.id, b.method, b.start_step, b.steps, b.seed, lineage, w=w)
+
+
+def branch_rate(b: Segment, low: list[str]) -> float:
+    """The w of a branch: its low-resource tasks' total rate (as its id spells it)."""
+    return float(id_number(sum(b.phases[0].mixture.rates[t] for t in low)))
+
+
+def add_branches(doc: dict[str, Any], branches: list[Segment], low: list[str]) -> dict[str, Any]:
+    """``plan.json`` (``Plan.to_dict()``) with new branches (refinement's) and their trials."""
+    segments = doc["segments"] + [dataclasses.asdict(b) for b in branches]
+    trials = doc["trials"] + [
+        dataclasses.asdict(branch_trial(b, branch_rate(b, low))) for b in branches
+    ]
+    steps = sum(b.steps for b in branches)
+    naive_steps = doc["naive_steps"] + sum(b.end_step for b in branches)
+    return doc | dict(
+        segments=segments,
+        trials=trials,
+        tree_steps=doc["tree_steps"] + steps,
+        naive_steps=naive_steps,
+    )
+
+
 def plan(space: SpaceConfig) -> Plan:
     """Build the segment tree of ``space``."""
     g, tasks = space.grid, space.tasks
     Ls, F, top = g.pretrain_steps, g.finetune_steps, g.pretrain_steps[-1]
+    # A branch asks the tree at its rungs (pruning) and, to be refined from, at its end.
     rungs = space.prune.rungs(F) if space.prune else []
+    rungs += [F] if space.refine else []
     budgets = [L + F for L in Ls]  # the matched compute of every trial at each L
     segments: dict[str, Segment] = {}
     trials: list[Trial] = []
@@ -173,20 +219,9 @@ def plan(space: SpaceConfig) -> Plan:
         return [PhaseConfig(steps=top + F, mixture=MixtureConfig(**rule), name="static")]
 
     def branch(method: str, prefix: str, trunk: Segment, L: int, w: float, seed: int) -> None:
-        """A branch from ``trunk`` at L (reset, then F steps at rate w) and its trial."""
-        mix = MixtureConfig(rule="explicit", rates=group_rates(tasks.high, tasks.low, w))
-        b = Segment(
-            id=f"{prefix}-L{L}-w{id_number(w)}-s{seed}",
-            phases=[PhaseConfig(steps=F, mixture=mix, reset=True, name="finetune")],
-            seed=seed,
-            parent=trunk.id,
-            start_step=L,
-            rungs=[L + r for r in rungs],
-            method=method,
-        )
+        b = new_branch(method, prefix, trunk.id, L, F, w, seed, tasks, rungs)
         segments[b.id] = b
-        lineage = [Piece(trunk.id, 0, L), Piece(b.id, L, L + F)]
-        trials.append(Trial(b.id, method, L, F, seed, lineage, w=w))
+        trials.append(branch_trial(b, w))
 
     for seed in g.seeds:
         if "two_phase" in space.methods:
@@ -199,7 +234,7 @@ def plan(space: SpaceConfig) -> Plan:
                 phases=[pretrain],
                 seed=seed,
                 fork_steps=list(Ls),
-                rungs=list(Ls) if rungs else [],
+                rungs=list(Ls) if space.prune else [],
             )
             segments[trunk.id] = trunk
             for L in Ls:
@@ -215,7 +250,7 @@ def plan(space: SpaceConfig) -> Plan:
                     seed=seed,
                     fork_steps=list(Ls) if "restart" in space.methods else [],
                     eval_steps=budgets if "scalarization" in space.methods else [],
-                    rungs=list(Ls) if rungs and "restart" in space.methods else [],
+                    rungs=list(Ls) if space.prune and "restart" in space.methods else [],
                 )
                 segments[trunk.id] = trunk
                 for L in Ls:

@@ -381,6 +381,12 @@ def summary_text(fr: dict) -> list[str]:
                 f"{a}'s front weakly dominates {ab:.0%} of {b}'s front points; "
                 f"{b}'s front dominates {ba:.0%} of {a}'s."
             )
+    pruned = fr["trials"].get("pruned", 0)
+    if pruned:
+        out.append(
+            f"{pruned} of {fr['trials']['total']} trials were pruned (stopped at a rung of their "
+            "fine-tuning, beaten by their method's others there): they are on no front."
+        )
     for metric, sigs in fr.get("signatures", {}).items():
         out.append(f"{metric} scored by sacrebleu, signature {' and '.join(sigs)}.")
     return out + statistics_text(fr)

@@ -20,9 +20,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ray_mtl.config import from_dict
-from ray_mtl.plan import Segment
+from ray_mtl.config import TaskGroups, from_dict, id_number
+from ray_mtl.plan import Segment, branch_rate, new_branch
 from ray_mtl.prune import should_stop
+from ray_mtl.refine import Point, propose
 from ray_mtl.storage import filesystem, join, with_path
 
 # A trial told to wait (``Tree.more`` answered None) asks again every POLL_S seconds, and ends
@@ -77,6 +78,7 @@ class Tree:
         storage: str = "",
         collect: bool = True,
         prune: dict | None = None,
+        refine: dict | None = None,
     ):
         self.segments = segments
         self.slots = slots
@@ -101,6 +103,11 @@ class Tree:
         self.rung_points: dict[str, list] = {}  # "<method>@<steps since fork>" -> [[seg, point]]
         self.decisions: dict[str, bool] = {}  # "<segment>@<step>" -> stopped there (final)
         self.pruned: dict[str, int] = {}  # segment -> the step it was stopped at
+        self.refine = refine
+        """New branches (``ray_mtl.refine``): ``budget`` (steps), ``methods``, and the task
+        groups ``high`` and ``low``; None: the plan's segments only."""
+        self.finals: dict[str, dict[str, float]] = {}  # branch -> its best dev CE per task
+        self.refined: list[str] = []  # the branches refinement added, in order
 
     def to_json(self) -> str:
         state = self.__dict__ | {
@@ -187,9 +194,12 @@ class Tree:
         (a restart), it answers as before."""
         key = f"{seg}@{step}"
         if key not in self.decisions:
-            s = self.segments[seg]
-            if self.prune is None:
-                stop = False
+            s, stop = self.segments[seg], False
+            if step >= s.end_step:  # its result: what refinement proposes from
+                self.finals[seg] = ce
+                self._refine(s)
+            elif self.prune is None:
+                pass
             elif s.parent is None:
                 stop = not self._serves_ahead(s, step)
             else:
@@ -199,7 +209,69 @@ class Tree:
             self.decisions[key] = stop
             if stop:
                 self.pruned[seg] = step
+                self._refine(s)
         return self.decisions[key]
+
+    def _refined_steps(self) -> int:
+        """Steps the new branches take: F each, but up to its stop for one that was pruned."""
+        seg = self.segments
+        return sum(self.pruned.get(i, seg[i].end_step) - seg[i].start_step for i in self.refined)
+
+    def _refine(self, ended: Segment) -> None:
+        """Once every branch of ``ended``'s method at its fork point has ended, a new branch of
+        that seed's trunk where the front of its branches has its largest gap, within the
+        budget (``refine.propose``)."""
+        r = self.refine
+        if not r or ended.method not in r["methods"] or ended.parent is None:
+            return
+        if self._refined_steps() + ended.steps > r["budget"]:
+            return
+        kin = [
+            b
+            for b in self.segments.values()
+            if (b.parent, b.method) == (ended.parent, ended.method)
+        ]
+        gone = set(self.finals) | set(self.pruned) | set(self.diverged)
+        if any(b.id not in gone for b in kin if b.start_step == ended.start_step):
+            return
+
+        def w(b: Segment) -> float:
+            return branch_rate(b, r["low"])
+
+        def mean(ce: dict[str, float], group: str) -> float:
+            return float(np.mean([ce[t] for t in r[group]]))
+
+        points = [
+            Point(
+                b.start_step, w(b), mean(self.finals[b.id], "high"), mean(self.finals[b.id], "low")
+            )
+            for b in kin
+            if b.id in self.finals and b.id not in self.pruned
+        ]
+        forks = [
+            int(k.rsplit("@", 1)[1])
+            for k in self.forks
+            if k.rsplit("@", 1)[0] == ended.parent and k not in self.deleted
+        ]
+        taken = {(b.start_step, id_number(w(b))) for b in kin}
+        new = propose(points, forks, taken)
+        if new is None:
+            return
+        L, rate = new
+        b = new_branch(
+            ended.method,
+            ended.id.split("-")[0],
+            ended.parent,
+            L,
+            ended.steps,
+            rate,
+            ended.seed,
+            TaskGroups(r["high"], r["low"]),
+            [x - ended.start_step for x in ended.rungs],
+        )
+        self.segments[b.id] = b
+        self.refined.append(b.id)
+        self.ready.append(b.id)
 
     def _serves_ahead(self, trunk: Segment, step: int) -> bool:
         """Whether a trial end or a fork with a branch not pruned lies past ``step``."""
@@ -292,6 +364,8 @@ class Tree:
         its own or diverged."""
         if not self.collect:
             return []
+        if self.refine and self._refined_steps() < self.refine["budget"]:
+            return []  # refinement may still branch from any fork
         steps: dict[str, list[int]] = {}
         for key in self.forks:
             seg, step = key.rsplit("@", 1)

@@ -220,8 +220,8 @@ def train(
     """Run ``cfg`` on this worker. ``resume`` is the state of this same run (fault recovery);
     ``prepared`` is ``cfg.data`` already prepared (segments of a chain share it), ``begun`` the
     ``time.perf_counter()`` at which its preparation began (default: now); ``judge`` is asked
-    at each of ``cfg.rungs`` before the end whether to stop there (then the report says
-    ``pruned``).
+    at each of ``cfg.rungs`` whether to stop there (then the report says ``pruned``; at the
+    end it only hears the result).
 
     Returns the last metrics reported; raises ``Diverged`` at a non-finite loss. Reports time
     what is not optimizer steps: ``setup_s`` (the first: data, model, optimizer, sampler,
@@ -358,8 +358,10 @@ def train(
                     sampler=sampler,
                     best=best,
                 )
-        rung = judge is not None and done in cfg.rungs and done < schedule.end_step
-        if rung and judge(done, {t: b["ce"] for t, b in best.best.items()}):
+        # At its end the judge hears the run's result (refinement proposes from it): no stop.
+        asked = judge is not None and done in cfg.rungs
+        stop = asked and judge(done, {t: b["ce"] for t, b in best.best.items()})
+        if stop and done < schedule.end_step:
             report(metrics | {"pruned": 1}, state)
             return metrics
         report(metrics, state)

@@ -39,7 +39,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray_mtl import checkpoint, results
 from ray_mtl.config import RunSettings, SpaceConfig, TrainConfig, check, from_dict, load, to_dict
 from ray_mtl.errors import UserError, cli
-from ray_mtl.plan import Plan, describe, naive, plan, segment_config
+from ray_mtl.plan import Plan, Segment, add_branches, describe, naive, plan, segment_config
 from ray_mtl.ray_train import RowsCallback, ray_trainer
 from ray_mtl.scheduler import Tree
 from ray_mtl.storage import (
@@ -118,9 +118,16 @@ class Dispatcher:
         self._save()
 
     def judge(self, seg: str, step: int, ce: dict[str, float]) -> bool:
-        """Whether a segment stops at a rung; on storage before it is answered, so a resumed
+        """Whether a segment stops at a rung (at its end: none, but refinement may add a
+        branch, which plan.json then lists); on storage before it is answered, so a resumed
         sweep keeps every decision."""
+        known = len(self.tree.segments)
         stop = self.tree.judge(seg, step, ce)
+        new = list(self.tree.segments.values())[known:]
+        if new:
+            uri = join(self.sweep, "plan.json")
+            doc = add_branches(json.loads(read_text(uri)), new, self.space.tasks.low)
+            write_text(uri, json.dumps(doc, indent=1))
         self._save()
         return stop
 
@@ -269,6 +276,10 @@ class TreeProgress(Callback):
         self.free_at[trial.trial_id] = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result["segment"] not in self.plan.segments:  # a branch refinement added
+            doc = json.loads(read_text(join(self.sweep, "plan.json")))
+            for s in doc["segments"]:
+                self.plan.segments.setdefault(s["id"], from_dict(Segment, s))
         seg = self.plan.segments[result["segment"]]
         self.steps[seg.id] = int(result["step"]) - seg.start_step
         if result.get("checkpoint_path"):
@@ -484,9 +495,12 @@ def _run_sweep(space, sweep, resume, overwrite, dashboard, no_sharing) -> str:
     else:
         collect = space.keep_checkpoints == "needed"
         rule = space.prune and {k: getattr(space.prune, k) for k in ("rule", "shrink", "eta")}
-        searcher = TreeSearcher(
-            name, space, sweep, Tree(tree.segments, slots, sweep, collect, prune=rule or None)
+        r = space.refine
+        refine = r and {"budget": r.budget_steps, "methods": r.methods} | to_dict(space.tasks)
+        scheduler = Tree(
+            tree.segments, slots, sweep, collect, prune=rule or None, refine=refine or None
         )
+        searcher = TreeSearcher(name, space, sweep, scheduler)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

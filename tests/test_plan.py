@@ -158,7 +158,7 @@ def test_naive_grid_runs_every_trial_from_scratch():
 
 # What a space has that a training run does not: the grid and how the sweep runs.
 SPACE_ONLY = {"name", "tasks", "grid", "methods", "tokens_per_example", "max_concurrent", "storage"}
-SPACE_ONLY |= {"keep_checkpoints", "tracking", "prune"}
+SPACE_ONLY |= {"keep_checkpoints", "tracking", "prune", "refine"}
 # What a segment has that the space does not: its place in the tree.
 SEGMENT_ONLY = {"phases", "seed", "eval_steps", "fork_steps", "rungs", "init_from", "run_dir"}
 

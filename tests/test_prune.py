@@ -1,5 +1,5 @@
-"""Pareto-aware pruning on its own: the rules on fronts worked out by hand, and the Tree's
-decisions, stops and resume (plain data: no Ray, no torch).
+"""Pareto-aware pruning and refinement on their own: the rules on fronts worked out by hand,
+the Tree's decisions, stops, resume and new branches (plain data: no Ray, no torch).
 
     .venv/bin/python -m pytest -q tests/test_prune.py      # a second
 """
@@ -15,8 +15,9 @@ import yaml
 
 from ray_mtl.config import SpaceConfig, from_dict
 from ray_mtl.errors import UserError
-from ray_mtl.plan import plan
+from ray_mtl.plan import add_branches, plan
 from ray_mtl.prune import crowding, nondominated_ranks, rank_keys, rung_steps, should_stop
+from ray_mtl.refine import Point, propose
 from ray_mtl.scheduler import Tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,4 +157,79 @@ def test_prune_without_branches_is_refused():
     space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
     space |= {"methods": ["scalarization"], "prune": {}}
     with pytest.raises(UserError, match="prune: expected a space with branches"):
+        from_dict(SpaceConfig, space)
+
+
+def test_refinement_fills_the_largest_gap_of_the_front():
+    a, b = Point(100, 0.2, 1.0, 4.0), Point(100, 0.5, 2.0, 2.0)
+    c, dominated = Point(100, 0.8, 5.0, 1.5), Point(100, 0.6, 5.0, 5.0)
+    pts = [a, b, c, dominated]
+    # gaps: a-b 1 x 2 = 2, b-c 3 x 0.5 = 1.5: halfway between a's and b's w first
+    assert propose(pts, [100], set()) == (100, 0.35)
+    assert propose(pts, [100], {(100, "0.35")}) == (100, 0.65)
+    assert propose(pts, [100], {(100, "0.35"), (100, "0.65")}) is None
+    assert propose(pts, [], set()) is None  # no fork checkpoint left to branch from
+    far = Point(200, 0.5, 2.0, 2.0)  # neighbours from two forks: the fork nearest halfway
+    assert propose([a, far], [100, 200], set()) == (100, 0.35)
+    assert propose([a, far], [100, 150, 200], set()) == (150, 0.35)
+
+
+def refined_tree(budget: int) -> Tree:
+    space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
+    space |= {"methods": ["two_phase"], "refine": {"budget_steps": budget}}
+    space = from_dict(SpaceConfig, space)
+    refine = {"budget": budget, "methods": ["two_phase"], "high": ["eng-fra"], "low": ["eng-ron"]}
+    return Tree(plan(space).segments, slots=2, refine=refine)
+
+
+def test_refinement_branches_from_existing_forks_within_its_budget():
+    tree = refined_tree(budget=250)  # two new branches of F = 100 fit, not three
+    assert tree.segments["tp-L100-w0.3-s0"].rungs == [200]  # it tells its result at its end
+    for step in (100, 200):
+        tree.on_result({"segment": "pt-s0", "step": step, "checkpoint_path": f"/ck/{step}"})
+    tree.deleted.append("pt-s0@200")  # gone: no branch may start from it
+    assert not tree.judge("tp-L100-w0.3-s0", 200, {"eng-fra": 2.0, "eng-ron": 4.0})
+    assert tree.refined == []  # its fork's other branch has not ended
+    tree.judge("tp-L100-w0.5-s0", 200, {"eng-fra": 3.0, "eng-ron": 2.0})
+    assert tree.refined == ["tp-L100-w0.4-s0"] and "tp-L100-w0.4-s0" in tree.ready
+    new = tree.segments["tp-L100-w0.4-s0"]
+    assert (new.parent, new.start_step, new.steps, new.rungs) == ("pt-s0", 100, 100, [200])
+    assert new.phases[0].mixture.rates == pytest.approx({"eng-fra": 0.6, "eng-ron": 0.4})
+    assert tree.init_from(new.id) == "/ck/100"
+    tree.judge(new.id, 200, {"eng-fra": 2.4, "eng-ron": 2.9})
+    assert tree.refined == ["tp-L100-w0.4-s0", "tp-L100-w0.45-s0"]  # gap 0.6 x 0.9 > 0.4 x 1.1
+    tree.judge("tp-L100-w0.45-s0", 200, {"eng-fra": 2.2, "eng-ron": 3.4})
+    assert len(tree.refined) == 2  # the budget holds no third
+    again = Tree.from_json(tree.to_json())
+    assert again.refined == tree.refined and set(again.segments) == set(tree.segments)
+    doc = add_branches(plan_doc := plan_dict(), [new], ["eng-ron"])
+    assert doc["tree_steps"] == plan_doc["tree_steps"] + 100
+    trial = doc["trials"][-1]
+    assert (trial["id"], trial["method"], trial["L"], trial["F"], trial["w"]) == (
+        "tp-L100-w0.4-s0",
+        "two_phase",
+        100,
+        100,
+        0.4,
+    )
+
+
+def plan_dict() -> dict:
+    space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
+    return plan(from_dict(SpaceConfig, space | {"methods": ["two_phase"]})).to_dict()
+
+
+@pytest.mark.parametrize(
+    "refine, methods, message",
+    [
+        ({"budget_steps": 99}, None, "refine.budget_steps: expected at least one fine-tuning"),
+        ({"budget_steps": 200, "methods": ["temperature"]}, None, r"refine\.methods\[0\]"),
+        ({"budget_steps": 200, "methods": ["restart"]}, None, r"refine\.methods\[0\]"),
+        ({"budget_steps": 200}, ["scalarization"], r"refine\.methods\[0\]: expected a method of"),
+    ],
+)
+def test_bad_refine_settings_name_the_field(refine, methods, message):
+    space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
+    space |= {"refine": refine} | ({"methods": methods} if methods else {})
+    with pytest.raises(UserError, match=message):
         from_dict(SpaceConfig, space)

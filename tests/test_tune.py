@@ -207,13 +207,14 @@ def test_smoke_space_parses_as_shipped():
     assert from_dict(SpaceConfig, smoke_dict()).resources.num_workers == 2
 
 
-def test_a_pruned_sweep_judges_every_branch_at_its_rungs(ray_session, shared_data, tmp_path):
+def test_a_pruned_and_refined_sweep(ray_session, shared_data, tmp_path):
     """Four branches from one fork under the rank rule: every branch reaches the first rung and
     is judged there through the dispatcher, each decision is the rule applied to the points in
     arrival order, and it is on storage. A pruned trial (which one, if any, depends on the
     values and their order: ``test_prune`` and ``test_report`` check the cases by hand) keeps
     its rows up to its rung, is never on a front, and shows as pruned in the trials table, the
-    frontier and the report."""
+    frontier and the report. Refinement then adds two branches from the fork checkpoint (its
+    budget), each a trial of its own in plan.json, the trials table and the frontier."""
     import numpy as np
     from conftest import sized_space
 
@@ -221,12 +222,19 @@ def test_a_pruned_sweep_judges_every_branch_at_its_rungs(ray_session, shared_dat
 
     grid = {"pretrain_steps": [100], "finetune_steps": 100, "low_rates": [0.2, 0.4, 0.6, 0.8]}
     prune = {"rule": "rank", "eta": 2, "first_rung": 25}
-    space = sized_space(tmp_path, "pruned", methods=["two_phase"], grid=grid, prune=prune)
+    space = sized_space(
+        tmp_path,
+        "pruned",
+        methods=["two_phase"],
+        grid=grid,
+        prune=prune,
+        refine={"budget_steps": 200},
+    )
     assert main(["--space", str(space), "--storage", str(tmp_path)]) == 0
     sweep = tmp_path / "pruned"
 
     tree = json.loads((sweep / "tree_state.json").read_text())
-    assert len(tree["rung_points"]["two_phase@25"]) == 4
+    assert len(tree["rung_points"]["two_phase@25"]) == 4 + len(tree["refined"])
     for rung, points in tree["rung_points"].items():
         step = 100 + int(rung.split("@")[1])
         for i, (seg, _) in enumerate(points):
@@ -247,3 +255,20 @@ def test_a_pruned_sweep_judges_every_branch_at_its_rungs(ray_session, shared_dat
     page = (sweep / "report" / "index.html").read_text()
     assert "PARTIAL REPORT" not in page
     assert ("Pruned trials" in page) == bool(tree["pruned"])
+
+    # New branches within the budget's 200 steps, from the fork at 100, at rates between the
+    # grid's (at least one once two grid branches finished: a front with a gap), each with the
+    # rows of its F steps (or up to its rung) and a trial of its own.
+    spent = sum(tree["pruned"].get(seg, 200) - 100 for seg in tree["refined"])
+    finished = [s for s in tree["finals"] if s != "pt-s0" and s not in tree["refined"]]
+    assert (len(tree["refined"]) >= 1) == (len(finished) >= 2) and spent <= 200
+    doc = json.loads((sweep / "plan.json").read_text())
+    planned = {t["id"]: t for t in doc["trials"]}
+    for seg in tree["refined"]:
+        t = planned[seg]
+        assert (t["method"], t["L"], t["F"]) == ("two_phase", 100, 100) and 0.2 < t["w"] < 0.8
+        assert trials.loc[seg, "status"] in ("finished", "pruned")
+        steps = metrics[metrics.segment == seg].step
+        assert steps.min() > 100 and steps.max() == tree["pruned"].get(seg, 200)
+    n = 4 + len(tree["refined"])
+    assert len(trials) == n and doc["tree_steps"] == 100 + n * 100
