@@ -32,7 +32,7 @@ format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 # Every benchmark; each writes bench/results/<name>.json (commit them: README's table reads them).
-BENCHES := prepare train_throughput schedule disk tree_vs_naive
+BENCHES := prepare train_throughput schedule disk tree_vs_naive search
 bench: install
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done
 	$(BIN)/python -m bench.train_throughput --kind lm
