@@ -22,7 +22,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ray_mtl.config import MixtureConfig, PhaseConfig, SpaceConfig, TrainConfig, id_number
+from ray_mtl.config import (
+    MixtureConfig,
+    PhaseConfig,
+    SpaceConfig,
+    TrainConfig,
+    from_dict,
+    id_number,
+)
 from ray_mtl.storage import join
 
 
@@ -118,6 +125,20 @@ class Plan:
             "naive_steps": self.naive_steps,
         }
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Plan:
+        """The plan ``to_dict`` wrote (``plan.json``)."""
+        segments = [from_dict(Segment, s) for s in doc["segments"]]
+        return cls({s.id: s for s in segments}, [from_dict(Trial, t) for t in doc["trials"]])
+
+    def add_branches(self, branches: list[Segment], low: list[str]) -> None:
+        """Take up branches that refinement added (``scheduler.Tree.refined``), each with its
+        trial (``low``: the space's low-resource tasks, whose total rate is the trial's w)."""
+        for b in branches:
+            if b.id not in self.segments:
+                self.segments[b.id] = b
+                self.trials.append(branch_trial(b, branch_rate(b, low)))
+
 
 def segment_config(
     space: SpaceConfig, seg: Segment, sweep: str, init_from: str | None = None
@@ -186,22 +207,6 @@ def branch_trial(b: Segment, w: float) -> Trial:
 def branch_rate(b: Segment, low: list[str]) -> float:
     """The w of a branch: its low-resource tasks' total rate (as its id spells it)."""
     return float(id_number(sum(b.phases[0].mixture.rates[t] for t in low)))
-
-
-def add_branches(doc: dict[str, Any], branches: list[Segment], low: list[str]) -> dict[str, Any]:
-    """``plan.json`` (``Plan.to_dict()``) with new branches (refinement's) and their trials."""
-    segments = doc["segments"] + [dataclasses.asdict(b) for b in branches]
-    trials = doc["trials"] + [
-        dataclasses.asdict(branch_trial(b, branch_rate(b, low))) for b in branches
-    ]
-    steps = sum(b.steps for b in branches)
-    naive_steps = doc["naive_steps"] + sum(b.end_step for b in branches)
-    return doc | dict(
-        segments=segments,
-        trials=trials,
-        tree_steps=doc["tree_steps"] + steps,
-        naive_steps=naive_steps,
-    )
 
 
 def plan(space: SpaceConfig) -> Plan:

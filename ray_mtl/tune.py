@@ -39,7 +39,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray_mtl import checkpoint, results
 from ray_mtl.config import RunSettings, SpaceConfig, TrainConfig, check, from_dict, load, to_dict
 from ray_mtl.errors import UserError, cli
-from ray_mtl.plan import Plan, Segment, add_branches, describe, naive, plan, segment_config
+from ray_mtl.plan import Plan, Segment, describe, naive, plan, segment_config
 from ray_mtl.ray_train import RowsCallback, ray_trainer
 from ray_mtl.scheduler import Tree
 from ray_mtl.storage import (
@@ -126,8 +126,9 @@ class Dispatcher:
         new = list(self.tree.segments.values())[known:]
         if new:
             uri = join(self.sweep, "plan.json")
-            doc = add_branches(json.loads(read_text(uri)), new, self.space.tasks.low)
-            write_text(uri, json.dumps(doc, indent=1))
+            grown = Plan.from_dict(json.loads(read_text(uri)))
+            grown.add_branches(new, self.space.tasks.low)
+            write_text(uri, json.dumps(grown.to_dict(), indent=1))
         self._save()
         return stop
 
@@ -277,9 +278,7 @@ class TreeProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if result["segment"] not in self.plan.segments:  # a branch refinement added
-            doc = json.loads(read_text(join(self.sweep, "plan.json")))
-            for s in doc["segments"]:
-                self.plan.segments.setdefault(s["id"], from_dict(Segment, s))
+            self.plan = Plan.from_dict(json.loads(read_text(join(self.sweep, "plan.json"))))
         seg = self.plan.segments[result["segment"]]
         self.steps[seg.id] = int(result["step"]) - seg.start_step
         if result.get("checkpoint_path"):
@@ -468,6 +467,11 @@ def _run_sweep(space, sweep, resume, overwrite, dashboard, no_sharing) -> str:
                 "--overwrite starts it again"
             )
         remove_entries(sweep, results.SWEEP_ENTRIES)
+    state = join(sweep, "tree_state.json")
+    if resume and is_file(state):  # the branches refinement added are the sweep's too
+        saved = json.loads(read_text(state))
+        added = [s for s in saved["segments"] if s["id"] in saved.get("refined", [])]
+        tree.add_branches([from_dict(Segment, s) for s in added], space.tasks.low)
     first = next(iter(tree.segments.values()))
     prepared = validate(segment_config(space, first, sweep))
     write_text(join(sweep, "space.yaml"), yaml.safe_dump(to_dict(space), sort_keys=False))

@@ -6,6 +6,7 @@ the Tree's decisions, stops, resume and new branches (plain data: no Ray, no tor
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import yaml
 
 from ray_mtl.config import SpaceConfig, from_dict
 from ray_mtl.errors import UserError
-from ray_mtl.plan import add_branches, plan
+from ray_mtl.plan import Plan, plan
 from ray_mtl.prune import crowding, nondominated_ranks, rank_keys, rung_steps, should_stop
 from ray_mtl.refine import Point, propose
 from ray_mtl.scheduler import Tree
@@ -202,8 +203,12 @@ def test_refinement_branches_from_existing_forks_within_its_budget():
     assert len(tree.refined) == 2  # the budget holds no third
     again = Tree.from_json(tree.to_json())
     assert again.refined == tree.refined and set(again.segments) == set(tree.segments)
-    doc = add_branches(plan_doc := plan_dict(), [new], ["eng-ron"])
-    assert doc["tree_steps"] == plan_doc["tree_steps"] + 100
+    # plan.json takes it up, with its trial (what the dispatcher writes, and a resume reads).
+    grown = Plan.from_dict(json.loads(json.dumps(before := plan_dict())))
+    grown.add_branches([new], ["eng-ron"])
+    doc = grown.to_dict()
+    assert doc["tree_steps"] == before["tree_steps"] + 100
+    assert Plan.from_dict(doc).to_dict() == doc
     trial = doc["trials"][-1]
     assert (trial["id"], trial["method"], trial["L"], trial["F"], trial["w"]) == (
         "tp-L100-w0.4-s0",
