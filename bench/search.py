@@ -18,8 +18,9 @@ quarter of its tokens per step, one worker per run):
 (f) random search over the same box, the same number of trials.
 
 Each is scored by the hypervolume of its trials' front of (eng-fra, eng-ron) dev cross-entropy at
-each trial's end (the only evaluation a trial from scratch has here), against one reference point for every way and seed (the worst
-value per axis over all their points, pushed out by 10% of the range). Goals: (c) takes at most
+each trial's end (the only evaluation a trial from scratch has here), against one reference point
+for every way and seed (the worst value per axis over all their points, pushed out by 10% of the
+range). Goals: (c) takes at most
 1/3 of (a)'s steps with at least 99% of (b)'s mean hypervolume; (d)'s mean hypervolume beats
 those of (b), (e) and (f) by more than the seed spread (the larger of the two standard
 deviations over seeds); since each seed's ways share nothing but the seed, the per-seed
