@@ -220,23 +220,24 @@ def test_a_pruned_and_refined_sweep(ray_session, shared_data, tmp_path):
 
     from ray_mtl.prune import should_stop
 
-    grid = {"pretrain_steps": [100], "finetune_steps": 100, "low_rates": [0.2, 0.4, 0.6, 0.8]}
-    prune = {"rule": "rank", "eta": 2, "first_rung": 25}
+    grid = {"pretrain_steps": [40], "finetune_steps": 40, "low_rates": [0.2, 0.4, 0.6, 0.8]}
+    prune = {"rule": "rank", "eta": 2, "first_rung": 10}  # rungs 10 and 20 steps past the fork
     space = sized_space(
         tmp_path,
         "pruned",
         methods=["two_phase"],
         grid=grid,
         prune=prune,
-        refine={"budget_steps": 200},
+        refine={"budget_steps": 80},
+        eval={"every": 1000},  # only where forks, rungs and ends need it: reports cost seconds
     )
     assert main(["--space", str(space), "--storage", str(tmp_path)]) == 0
     sweep = tmp_path / "pruned"
 
     tree = json.loads((sweep / "tree_state.json").read_text())
-    assert len(tree["rung_points"]["two_phase@25"]) == 4 + len(tree["refined"])
+    assert len(tree["rung_points"]["two_phase@10"]) == 4 + len(tree["refined"])
     for rung, points in tree["rung_points"].items():
-        step = 100 + int(rung.split("@")[1])
+        step = 40 + int(rung.split("@")[1])
         for i, (seg, _) in enumerate(points):
             want = should_stop(np.array([p for _, p in points[: i + 1]]), "rank", eta=2)
             assert tree["decisions"][f"{seg}@{step}"] == want, (seg, step)
@@ -246,7 +247,7 @@ def test_a_pruned_and_refined_sweep(ray_session, shared_data, tmp_path):
     metrics = pd.read_parquet(sweep / "metrics.parquet")
     for seg, step in tree["pruned"].items():
         rows = metrics[metrics.segment == seg]
-        assert step in (125, 150) and rows.step.max() == step, seg  # nothing past the rung
+        assert step in (50, 60) and rows.step.max() == step, seg  # nothing past the rung
         assert set(rows[rows.metric == "pruned"].step) == {step}
     doc = json.loads((sweep / "frontier.json").read_text())
     assert doc["best"]["trials"]["pruned"] == len(tree["pruned"])
@@ -256,19 +257,19 @@ def test_a_pruned_and_refined_sweep(ray_session, shared_data, tmp_path):
     assert "PARTIAL REPORT" not in page
     assert ("Pruned trials" in page) == bool(tree["pruned"])
 
-    # New branches within the budget's 200 steps, from the fork at 100, at rates between the
+    # New branches within the budget's 80 steps, from the fork at 40, at rates between the
     # grid's (at least one once two grid branches finished: a front with a gap), each with the
     # rows of its F steps (or up to its rung) and a trial of its own.
-    spent = sum(tree["pruned"].get(seg, 200) - 100 for seg in tree["refined"])
+    spent = sum(tree["pruned"].get(seg, 80) - 40 for seg in tree["refined"])
     finished = [s for s in tree["finals"] if s != "pt-s0" and s not in tree["refined"]]
-    assert (len(tree["refined"]) >= 1) == (len(finished) >= 2) and spent <= 200
+    assert (len(tree["refined"]) >= 1) == (len(finished) >= 2) and spent <= 80
     doc = json.loads((sweep / "plan.json").read_text())
     planned = {t["id"]: t for t in doc["trials"]}
     for seg in tree["refined"]:
         t = planned[seg]
-        assert (t["method"], t["L"], t["F"]) == ("two_phase", 100, 100) and 0.2 < t["w"] < 0.8
+        assert (t["method"], t["L"], t["F"]) == ("two_phase", 40, 40) and 0.2 < t["w"] < 0.8
         assert trials.loc[seg, "status"] in ("finished", "pruned")
         steps = metrics[metrics.segment == seg].step
-        assert steps.min() > 100 and steps.max() == tree["pruned"].get(seg, 200)
+        assert steps.min() > 40 and steps.max() == tree["pruned"].get(seg, 80)
     n = 4 + len(tree["refined"])
-    assert len(trials) == n and doc["tree_steps"] == 100 + n * 100
+    assert len(trials) == n and doc["tree_steps"] == 40 + n * 40
