@@ -5,10 +5,13 @@
     tree.on_result({"segment": "pt-s0", "step": 100, "checkpoint_path": ".../checkpoint_0"})
     tree.more("t1")                 # ["tp-L100-w0.3-s0"]: a branch once its fork exists
     tree.init_from("tp-L100-w0.3-s0")   # the fork checkpoint's URI
+    tree.judge("tp-L100-w0.3-s0", 125, {"eng-fra": 4.1, "eng-ron": 5.0})  # stop at this rung?
 
 Plain data over ``plan.Segment`` (no Ray): ``ray_mtl.tune`` holds a ``Tree`` in a named actor
 that Tune's searcher and each trial's rank-0 worker ask. ``to_json``/``from_json`` write and read
-its whole state, which is how a sweep resumed after a crash knows what it had handed out.
+its whole state, which is how a sweep resumed after a crash knows what it had handed out and
+decided. With a space's ``prune`` and ``refine``, ``judge`` stops branches at rungs
+(``ray_mtl.prune``) and adds branches where the front has gaps (``ray_mtl.refine``).
 ``ray_mtl.simulate`` drives the same ``Tree`` with simulated trials (wall time, no Ray).
 """
 
