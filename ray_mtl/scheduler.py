@@ -201,11 +201,9 @@ class Tree:
             if step >= s.end_step:  # its result: what refinement proposes from
                 self.finals[seg] = ce
                 self._refine(s)
-            elif self.prune is None:
-                pass
-            elif s.parent is None:
+            elif self.prune is not None and s.parent is None:
                 stop = not self._serves_ahead(s, step)
-            else:
+            elif self.prune is not None:
                 points = self.rung_points.setdefault(f"{s.method}@{step - s.start_step}", [])
                 points.append([seg, [ce[t] for t in sorted(ce)]])
                 stop = should_stop(np.array([p for _, p in points]), **self.prune)
@@ -238,15 +236,15 @@ class Tree:
         if any(b.id not in gone for b in kin if b.start_step == ended.start_step):
             return
 
-        def w(b: Segment) -> float:
-            return branch_rate(b, r["low"])
-
         def mean(ce: dict[str, float], group: str) -> float:
             return float(np.mean([ce[t] for t in r[group]]))
 
         points = [
             Point(
-                b.start_step, w(b), mean(self.finals[b.id], "high"), mean(self.finals[b.id], "low")
+                b.start_step,
+                branch_rate(b, r["low"]),
+                mean(self.finals[b.id], "high"),
+                mean(self.finals[b.id], "low"),
             )
             for b in kin
             if b.id in self.finals and b.id not in self.pruned
@@ -256,7 +254,7 @@ class Tree:
             for k in self.forks
             if k.rsplit("@", 1)[0] == ended.parent and k not in self.deleted
         ]
-        taken = {(b.start_step, id_number(w(b))) for b in kin}
+        taken = {(b.start_step, id_number(branch_rate(b, r["low"]))) for b in kin}
         new = propose(points, forks, taken)
         if new is None:
             return

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -436,9 +437,9 @@ def train_chain(
             begun = time.perf_counter()
             if key not in prepared:
                 prepared[key] = data_lib.prepare(cfg.data, verbose=False)
-            at_rung = judge and (lambda step, ce, seg=seg: judge(seg, step, ce))
+            at_rung = partial(judge, seg) if judge else None
             try:
-                train(cfg, worker, tagged, resume, prepared[key], begun, at_rung or None)
+                train(cfg, worker, tagged, resume, prepared[key], begun, at_rung)
             except Diverged as e:
                 print(f"{seg}: diverged at {e}", flush=True)
                 tagged(e.metrics | {"diverged": 1}, None)

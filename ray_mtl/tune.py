@@ -498,12 +498,12 @@ def _run_sweep(space, sweep, resume, overwrite, dashboard, no_sharing) -> str:
         )
     else:
         collect = space.keep_checkpoints == "needed"
-        rule = space.prune and {k: getattr(space.prune, k) for k in ("rule", "shrink", "eta")}
-        r = space.refine
-        refine = r and {"budget": r.budget_steps, "methods": r.methods} | to_dict(space.tasks)
-        scheduler = Tree(
-            tree.segments, slots, sweep, collect, prune=rule or None, refine=refine or None
+        p, r = space.prune, space.refine
+        prune = {"rule": p.rule, "shrink": p.shrink, "eta": p.eta} if p else None
+        refine = (
+            {"budget": r.budget_steps, "methods": r.methods} | to_dict(space.tasks) if r else None
         )
+        scheduler = Tree(tree.segments, slots, sweep, collect, prune=prune, refine=refine)
         searcher = TreeSearcher(name, space, sweep, scheduler)
         tuner = tune.Tuner(
             trainable,
