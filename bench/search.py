@@ -12,7 +12,8 @@ quarter of its tokens per step, one worker per run):
 (b) the tree grid (``run_sweep``: one trunk, a branch per (L, w));
 (c) the tree with ``prune`` (rank rule: the tree's steps, minus the branches stopped at rungs);
 (d) the tree with ``prune`` and ``refine``, the refinement budget being the steps (c) saved, so
-    (d) spends about what (b) does;
+    (d) spends about what (b) does; new L between the grid's come from continuations of the
+    trunk; (d') the same with the grid's L only (``refine.new_pretrain_steps: false``);
 (e) Optuna's NSGA-II through Ray Tune's ``OptunaSearch``, every trial a Ray Train run from
     scratch, L in [min L, max L] and w in (0.05, 0.95), as many trials as the tree's steps buy;
 (f) random search over the same box, the same number of trials.
@@ -49,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "search"
 AXES = [("eng-fra", "ce"), ("eng-ron", "ce")]
 GOALS = {"pruned_steps_of_naive": 1 / 3, "pruned_hypervolume_of_tree": 0.99}
-WAYS = ("naive", "tree", "pruned", "refined", "optuna", "random")
+WAYS = ("naive", "tree", "pruned", "refined", "refined_grid_L", "optuna", "random")
 
 
 def test_size(space: SpaceConfig, Ls: list[int], F: int, seed: int, store: Path) -> SpaceConfig:
@@ -103,6 +104,7 @@ def sweep_outcome(space: SpaceConfig, no_sharing: bool = False) -> dict:
         "trials": len(res.trials),
         "pruned": len(tree.get("pruned", {})),
         "refined": tree.get("refined", []),
+        "continuations": [i for i in tree.get("refined", []) if "-to" in i],
         "points": pts[names].dropna().to_numpy().tolist(),
     }
 
@@ -195,8 +197,9 @@ def main() -> None:
         runs["tree"][seed] = sweep_outcome(space("tree"))
         runs["pruned"][seed] = sweep_outcome(space("pruned", prune=prune))
         saved = runs["tree"][seed]["optimizer_steps"] - runs["pruned"][seed]["optimizer_steps"]
-        refine = RefineConfig(budget_steps=max(F, saved))
-        runs["refined"][seed] = sweep_outcome(space("refined", prune=prune, refine=refine))
+        for way, between in (("refined", True), ("refined_grid_L", False)):
+            refine = RefineConfig(budget_steps=max(F, saved), new_pretrain_steps=between)
+            runs[way][seed] = sweep_outcome(space(way, prune=prune, refine=refine))
         tree_steps = plan(space("tree")).tree_steps
         trials = max(2, round(tree_steps / (np.mean(args.pretrain_steps) + F)))
         for way in ("optuna", "random"):

@@ -825,11 +825,16 @@ class PruneConfig:
 
 @dataclasses.dataclass
 class RefineConfig:
-    """New branches from fork checkpoints that exist, at rates the grid did not try, where its
-    front has the largest gaps (``ray_mtl.refine``): each costs F steps, never a pre-training."""
+    """New branches where the grid's front has the largest gaps (``ray_mtl.refine``), at rates
+    and fork steps the grid did not try: each costs F steps (and, for a new L, the steps that
+    continue its trunk there from the kept fork before it), never a pre-training."""
 
     budget_steps: int
-    """Optimizer steps all new branches may take together (each takes F)."""
+    """Optimizer steps all new branches may take together (each takes F, and a new L's
+    continuation of the trunk its steps)."""
+    new_pretrain_steps: bool = True
+    """Also propose values of L between those of the grid, each from a continuation of the
+    trunk from the kept fork checkpoint before it; false: only the grid's fork steps."""
     methods: list[Method] = dataclasses.field(default_factory=lambda: ["two_phase"])
     """Methods to refine: two_phase, the one whose branches take any w from its trunks' forks
     (a restart branch's w is its static trunk's; the static methods have no forks)."""

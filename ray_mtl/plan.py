@@ -20,6 +20,7 @@ training that actually runs. Because the LR schedule depends only on steps since
 from __future__ import annotations
 
 import dataclasses
+from itertools import pairwise
 from typing import Any
 
 from ray_mtl.config import (
@@ -131,13 +132,15 @@ class Plan:
         segments = [from_dict(Segment, s) for s in doc["segments"]]
         return cls({s.id: s for s in segments}, [from_dict(Trial, t) for t in doc["trials"]])
 
-    def add_branches(self, branches: list[Segment], low: list[str]) -> None:
-        """Take up branches that refinement added (``scheduler.Tree.refined``), each with its
-        trial (``low``: the space's low-resource tasks, whose total rate is the trial's w)."""
-        for b in branches:
-            if b.id not in self.segments:
-                self.segments[b.id] = b
-                self.trials.append(branch_trial(b, branch_rate(b, low)))
+    def add_branches(self, added: list[Segment], low: list[str]) -> None:
+        """Take up the segments refinement added (``scheduler.Tree.refined``, in order): each
+        branch with its trial (``low``: the space's low-resource tasks, whose total rate is the
+        trial's w), each continuation of a trunk (``continuation``) as the way to its fork."""
+        for s in added:
+            if s.id not in self.segments:
+                self.segments[s.id] = s
+                if s.method:
+                    self.trials.append(branch_trial(s, branch_rate(s, low), self.segments))
 
 
 def segment_config(
@@ -198,9 +201,29 @@ def new_branch(
     )
 
 
-def branch_trial(b: Segment, w: float) -> Trial:
-    """The one trial a branch serves: its trunk up to the fork, then the branch."""
-    lineage = [Piece(b.parent, 0, b.start_step), Piece(b.id, b.start_step, b.end_step)]
+def continuation(trunk: Segment, source: str, start: int, L: int) -> Segment:
+    """``trunk``'s own training continued from the checkpoint at ``start`` of ``source`` (the
+    trunk, or a continuation of it) up to L, where it keeps a checkpoint: a fork step the grid
+    did not have, for the price of L - start steps. No reset: its LR schedule, sampler and RNG
+    go on from the checkpoint, so it is the run the trunk would have been from there."""
+    return Segment(
+        id=f"{trunk.id}-to{L}",
+        phases=_phases_between(trunk, start, L),
+        seed=trunk.seed,
+        parent=source,
+        start_step=start,
+        fork_steps=[L],
+    )
+
+
+def branch_trial(b: Segment, w: float, segments: dict[str, Segment]) -> Trial:
+    """The one trial a branch serves: its ancestors (``segments``) up to its fork (its trunk,
+    and a continuation of it if it forks from one), then the branch."""
+    chain = [b]
+    while chain[0].parent is not None:
+        chain.insert(0, segments[chain[0].parent])
+    lineage = [Piece(s.id, s.start_step, later.start_step) for s, later in pairwise(chain)]
+    lineage.append(Piece(b.id, b.start_step, b.end_step))
     return Trial(b.id, b.method, b.start_step, b.steps, b.seed, lineage, w=w)
 
 
@@ -226,7 +249,7 @@ def plan(space: SpaceConfig) -> Plan:
     def branch(method: str, prefix: str, trunk: Segment, L: int, w: float, seed: int) -> None:
         b = new_branch(method, prefix, trunk.id, L, F, w, seed, tasks, rungs)
         segments[b.id] = b
-        trials.append(branch_trial(b, w))
+        trials.append(branch_trial(b, w, segments))
 
     for seed in g.seeds:
         if "two_phase" in space.methods:

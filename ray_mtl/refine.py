@@ -1,15 +1,18 @@
 """Adaptive rates from existing forks: where a method's front has its largest gap, a new w.
 
     propose(branches, forks=[100, 200], taken={(100, "0.3"), ...})   # (200, 0.65) or None
+    propose(branches, forks=[100, 200], taken=..., between=True)     # (150, 0.65): a new L
 
 A space's ``refine:`` (``config.RefineConfig``) spends a step budget on new two-phase branches.
 Each time a fork point's branches have all ended, the scheduler (``scheduler.Tree``) takes the
 front of that seed's branches of the method on (mean high-resource, mean low-resource) dev CE,
 each branch at its best per task, and finds the pair of neighbours on it with the largest gap:
 the area of the rectangle between them, which is the most hypervolume one point between them
-can add. The new branch goes halfway between their w, from the fork checkpoint nearest halfway
-between their L; a (L, w) tried already takes the next gap. It costs F steps, never a new
-pre-training. Pure Python; the Tree turns a proposal into a segment (``plan.refined_branch``).
+can add. The new branch goes halfway between their w and, with ``between``, halfway between
+their L: the trunk's run is continued from the kept fork checkpoint before that L up to it (a
+continuation, ``plan.continuation``: those steps more than F); without, it starts from the kept
+fork nearest halfway. A (L, w) tried already takes the next gap. It never costs a pre-training.
+Pure Python; the Tree turns a proposal into segments (``plan.new_branch``).
 """
 
 from __future__ import annotations
@@ -42,18 +45,22 @@ def gaps(front: list[Point]) -> list[tuple[float, Point, Point]]:
 
 
 def propose(
-    branches: list[Point], forks: list[int], taken: set[tuple[int, str]]
+    branches: list[Point], forks: list[int], taken: set[tuple[int, str]], between: bool = False
 ) -> tuple[int, float] | None:
     """A new (L, w) in the largest gap of the front of ``branches`` not yet ``taken`` (fork
-    step, w as ids spell it), from one of ``forks`` (fork steps whose checkpoint exists);
-    None when the front has no gap left to fill."""
+    step, w as ids spell it): L one of ``forks`` (fork steps whose checkpoint exists) or, with
+    ``between``, halfway between the neighbours' L where a fork lies before it; None when the
+    front has no gap left to fill."""
     if not forks or len(branches) < 2:
         return None
     values = np.array([[p.high, p.low] for p in branches])
     front = [p for p, on in zip(branches, pareto_mask(values, [-1, -1]), strict=True) if on]
     for area, a, b in gaps(front):
         w = round((a.w + b.w) / 2, 4)
-        L = min(forks, key=lambda f: (abs(f - (a.L + b.L) / 2), f))
+        mid = (a.L + b.L) / 2
+        L = min(forks, key=lambda f: (abs(f - mid), f))
+        if between and min(forks) <= mid:
+            L = int(mid)
         if area > 0 and (L, id_number(w)) not in taken:
             return L, w
     return None

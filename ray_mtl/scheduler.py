@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ray_mtl.config import TaskGroups, from_dict, id_number
-from ray_mtl.plan import Segment, branch_rate, new_branch
+from ray_mtl.plan import Segment, branch_rate, continuation, new_branch
 from ray_mtl.prune import should_stop
 from ray_mtl.refine import Point, propose
 from ray_mtl.storage import filesystem, join, with_path
@@ -218,22 +218,31 @@ class Tree:
         seg = self.segments
         return sum(self.pruned.get(i, seg[i].end_step) - seg[i].start_step for i in self.refined)
 
+    def _root(self, seg: Segment) -> Segment:
+        """The trunk a segment descends from (itself for a trunk)."""
+        while seg.parent is not None:
+            seg = self.segments[seg.parent]
+        return seg
+
     def _refine(self, ended: Segment) -> None:
         """Once every branch of ``ended``'s method at its fork point has ended, a new branch of
         that seed's trunk where the front of its branches has its largest gap, within the
-        budget (``refine.propose``)."""
+        budget (``refine.propose``): from a kept fork checkpoint of the trunk or, for an L
+        between them, from a continuation of it (``plan.continuation``)."""
         r = self.refine
         if not r or ended.method not in r["methods"] or ended.parent is None:
             return
-        if self._refined_steps() + ended.steps > r["budget"]:
-            return
+        left = r["budget"] - self._refined_steps()
+        trunk = self._root(ended)
         kin = [
             b
             for b in self.segments.values()
-            if (b.parent, b.method) == (ended.parent, ended.method)
+            if b.method == ended.method and b.parent is not None and self._root(b) is trunk
         ]
         gone = set(self.finals) | set(self.pruned) | set(self.diverged)
-        if any(b.id not in gone for b in kin if b.start_step == ended.start_step):
+        if left < ended.steps or any(
+            b.id not in gone for b in kin if b.start_step == ended.start_step
+        ):
             return
 
         def mean(ce: dict[str, float], group: str) -> float:
@@ -249,20 +258,34 @@ class Tree:
             for b in kin
             if b.id in self.finals and b.id not in self.pruned
         ]
-        forks = [
-            int(k.rsplit("@", 1)[1])
-            for k in self.forks
-            if k.rsplit("@", 1)[0] == ended.parent and k not in self.deleted
-        ]
+        # kept checkpoints of the trunk's run, its continuations' included: step -> segment
+        sources: dict[int, str] = {}
+        for key in self.forks:
+            seg, step = key.rsplit("@", 1)
+            s = self.segments.get(seg)
+            if key not in self.deleted and s and not s.method and self._root(s) is trunk:
+                sources.setdefault(int(step), seg)
         taken = {(b.start_step, id_number(branch_rate(b, r["low"]))) for b in kin}
-        new = propose(points, forks, taken)
+
+        def way_to(L: int) -> Segment:  # from the kept checkpoint before L
+            start = max(f for f in sources if f <= L)
+            return continuation(trunk, sources[start], start, L)
+
+        new = propose(points, list(sources), taken, between=r.get("between", False))
+        if new and new[0] not in sources and way_to(new[0]).steps + ended.steps > left:
+            new = propose(points, list(sources), taken)  # no room to continue: a kept fork
         if new is None:
             return
         L, rate = new
+        added, source = [], sources.get(L)
+        if source is None:  # a continuation to L, unless one is on its way there already
+            way = way_to(L)
+            added += [] if way.id in self.segments else [way]
+            source = way.id
         b = new_branch(
             ended.method,
             ended.id.split("-")[0],
-            ended.parent,
+            source,
             L,
             ended.steps,
             rate,
@@ -270,9 +293,12 @@ class Tree:
             TaskGroups(r["high"], r["low"]),
             [x - ended.start_step for x in ended.rungs],
         )
-        self.segments[b.id] = b
-        self.refined.append(b.id)
-        self.ready.append(b.id)
+        for s in [*added, b]:
+            self.segments[s.id] = s
+            self.refined.append(s.id)
+        if self._fork(b.id) in self.forks:
+            self.ready.append(b.id)
+        self.ready += [s.id for s in added]
 
     def _serves_ahead(self, trunk: Segment, step: int) -> bool:
         """Whether a trial end or a fork with a branch not pruned lies past ``step``."""

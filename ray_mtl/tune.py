@@ -501,7 +501,10 @@ def _run_sweep(space, sweep, resume, overwrite, dashboard, no_sharing) -> str:
         p, r = space.prune, space.refine
         prune = {"rule": p.rule, "shrink": p.shrink, "eta": p.eta} if p else None
         refine = (
-            {"budget": r.budget_steps, "methods": r.methods} | to_dict(space.tasks) if r else None
+            {"budget": r.budget_steps, "methods": r.methods, "between": r.new_pretrain_steps}
+            | to_dict(space.tasks)
+            if r
+            else None
         )
         scheduler = Tree(tree.segments, slots, sweep, collect, prune=prune, refine=refine)
         searcher = TreeSearcher(name, space, sweep, scheduler)

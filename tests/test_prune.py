@@ -173,14 +173,17 @@ def test_refinement_fills_the_largest_gap_of_the_front():
     far = Point(200, 0.5, 2.0, 2.0)  # neighbours from two forks: the fork nearest halfway
     assert propose([a, far], [100, 200], set()) == (100, 0.35)
     assert propose([a, far], [100, 150, 200], set()) == (150, 0.35)
+    # between: a new L halfway, where a kept fork lies before it to continue the trunk from
+    assert propose([a, far], [100, 200], set(), between=True) == (150, 0.35)
+    assert propose([a, far], [200], set(), between=True) == (200, 0.35)
 
 
-def refined_tree(budget: int) -> Tree:
+def refined_tree(budget: int, between: bool = False) -> Tree:
     space = yaml.safe_load((ROOT / "tune_spaces" / "smoke.yaml").read_text())
     space |= {"methods": ["two_phase"], "refine": {"budget_steps": budget}}
     space = from_dict(SpaceConfig, space)
     refine = {"budget": budget, "methods": ["two_phase"], "high": ["eng-fra"], "low": ["eng-ron"]}
-    return Tree(plan(space).segments, slots=2, refine=refine)
+    return Tree(plan(space).segments, slots=2, refine=refine | {"between": between})
 
 
 def test_refinement_branches_from_existing_forks_within_its_budget():
@@ -217,6 +220,38 @@ def test_refinement_branches_from_existing_forks_within_its_budget():
         100,
         0.4,
     )
+
+
+def test_refinement_tries_a_new_L_from_a_continuation_of_the_trunk():
+    def ended(budget: int) -> Tree:
+        tree = refined_tree(budget, between=True)
+        for step in (100, 200):
+            tree.on_result({"segment": "pt-s0", "step": step, "checkpoint_path": f"/ck/{step}"})
+        tree.judge("tp-L100-w0.3-s0", 200, {"eng-fra": 2.0, "eng-ron": 4.0})
+        tree.judge("tp-L200-w0.3-s0", 300, {"eng-fra": 1.0, "eng-ron": 5.0})
+        tree.judge("tp-L200-w0.5-s0", 300, {"eng-fra": 2.5, "eng-ron": 3.0})
+        return tree
+
+    # The largest gap lies between L 200, w 0.3 and L 100, w 0.3: L 150, which no fork has.
+    tree = ended(budget=150)
+    assert tree.refined == ["pt-s0-to150", "tp-L150-w0.3-s0"]
+    way, new = tree.segments["pt-s0-to150"], tree.segments["tp-L150-w0.3-s0"]
+    trunk = tree.segments["pt-s0"]
+    assert (way.parent, way.start_step, way.end_step, way.fork_steps) == ("pt-s0", 100, 150, [150])
+    assert [(p.reset, p.mixture) for p in way.phases] == [(False, trunk.phases[0].mixture)]
+    assert tree.init_from(way.id) == "/ck/100"
+    assert (new.parent, new.start_step, new.steps) == ("pt-s0-to150", 150, 100)
+    assert "pt-s0-to150" in tree.ready and new.id not in tree.ready  # not before its fork
+    assert tree._refined_steps() == 150  # the continuation's 50 steps count
+    tree.on_result({"segment": way.id, "step": 150, "checkpoint_path": "/ck/to150"})
+    assert new.id in tree.ready and tree.init_from(new.id) == "/ck/to150"
+    grown = Plan.from_dict(plan_dict())
+    grown.add_branches([tree.segments[i] for i in tree.refined], ["eng-ron"])
+    lineage = [(p.segment, p.from_step, p.to_step) for p in grown.trials[-1].lineage]
+    assert lineage == [("pt-s0", 0, 100), ("pt-s0-to150", 100, 150), (new.id, 150, 250)]
+    assert grown.tree_steps == Plan.from_dict(plan_dict()).tree_steps + 150
+    # No room for the continuation's steps: a kept fork, as without new L.
+    assert ended(budget=120).refined == ["tp-L100-w0.4-s0"]
 
 
 def plan_dict() -> dict:

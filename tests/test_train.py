@@ -29,6 +29,7 @@ from ray_mtl.config import (
     TrainConfig,
     to_dict,
 )
+from ray_mtl.plan import Segment, continuation
 from ray_mtl.results import metric_rows
 from ray_mtl.schedule import lr_at
 
@@ -150,6 +151,22 @@ def test_branch_equals_same_trial_from_scratch(runs):
         for t in TASKS:
             for key in (f"train/{t}/loss", f"dev/{t}/ce", f"train/{t}/examples"):
                 assert b[step][key] == s[step][key], (step, key)
+
+
+def test_a_continuation_of_the_trunk_is_the_trunk_from_its_checkpoint(runs, data_cfg, tmp_path):
+    """Refinement's way to a new L (``plan.continuation``): the trunk's own phases from its
+    checkpoint at 4 on, no reset, end where the trunk itself would be at L."""
+    train.run(config(data_cfg, tmp_path / "short", [pretrain(4)]))
+    trunk = Segment(id="pt-s0", phases=[pretrain()], seed=0)
+    way = continuation(trunk, "short", 4, L)
+    assert (way.start_step, way.end_step, way.fork_steps) == (4, L, [L])
+    fork = tmp_path / "short" / "checkpoints" / f"step_{4:08d}"
+    train.run(config(data_cfg, tmp_path / "way", way.phases, init_from=str(fork)))
+    got, want = checkpoint(tmp_path / "way", L), checkpoint(runs["trunk"], L)
+    assert_same_weights(got["model_state"], want["model_state"])
+    assert got["sampler"] == want["sampler"]
+    assert got["steps_since_reset"] == want["steps_since_reset"] == L
+    assert {s["step"].item() for s in got["optimizer"]["state"].values()} == {L}
 
 
 # Produced by this test's run itself (seed 0, torch 2.13 CPU; the same with 1 or 2 threads):
