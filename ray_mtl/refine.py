@@ -58,9 +58,10 @@ def propose(
     for area, a, b in gaps(front):
         w = round((a.w + b.w) / 2, 4)
         mid = (a.L + b.L) / 2
-        L = min(forks, key=lambda f: (abs(f - mid), f))
         if between and min(forks) <= mid:
             L = int(mid)
+        else:
+            L = min(forks, key=lambda f: (abs(f - mid), f))
         if area > 0 and (L, id_number(w)) not in taken:
             return L, w
     return None
