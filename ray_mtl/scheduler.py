@@ -66,12 +66,13 @@ class Tree:
     """Which segment each Tune trial trains next: the ready one the most work depends on.
 
     A trial is handed one ready segment at a time, the one with the longest chain of
-    descendants (``priorities``), and asks for ``more`` when it has trained it. So no trial
-    holds a segment back that a free slot could start, and a branch whose fork just arrived is
-    weighed against what was ready before. A trial with nothing ready waits (``more`` answers
-    None) while forks still to come in running trials have a segment for it, and with ``slots``
-    known, Tune starts such waiting trials ahead of the forks: Ray Train starts about once per
-    slot, and off the critical path, rather than once per segment when its fork arrives.
+    descendants (``priorities``; among equals, the latest fork's), and asks for ``more`` when
+    it has trained it. So no trial holds a segment back that a free slot could start, and a
+    branch whose fork just arrived is weighed against what was ready before. A trial with
+    nothing ready waits (``more`` answers None) while forks still to come in running trials
+    have a segment for it, and with ``slots`` known, Tune starts such waiting trials ahead of
+    the forks: Ray Train starts about once per slot, and off the critical path, rather than
+    once per segment when its fork arrives.
     """
 
     def __init__(
@@ -155,8 +156,13 @@ class Tree:
         if own and max(own) > max((rank[i][0] for i in self.ready), default=-1):
             return None
         if self.ready:
-            # ties: the bigger subtree, then the one ready first
-            take = min(self.ready, key=lambda i: (-rank[i][0], -rank[i][1]))
+            # ties: the bigger subtree, then the one forking latest (its pre-training is the
+            # longest, so with pruning the early forks' branches meet the strongest rivals at
+            # their rungs), then the one ready first
+            take = min(
+                self.ready,
+                key=lambda i: (-rank[i][0], -rank[i][1], -self.segments[i].start_step),
+            )
             self.ready.remove(take)
             self.issued.setdefault(trial_id, []).append(take)
             return [take]

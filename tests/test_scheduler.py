@@ -54,16 +54,18 @@ def test_tree_hands_out_one_segment_at_a_time_the_critical_path_first():
     assert tree.more("a") == ["st-w0.5-s0"]
     tree.on_result({"segment": "pt-s0", "step": 200, "checkpoint_path": "/ck/2"})
     tree.on_result({"segment": "st-w0.3-s0", "step": 300})
-    assert tree.more("b") == ["tp-L100-w0.3-s0"]
-    assert tree.more("b") == ["tp-L100-w0.5-s0"]
-    tree.on_result({"segment": "st-w0.5-s0", "step": 300})
-    assert tree.more("a") == ["tp-L200-w0.3-s0"]
+    # Equal branches: the latest fork first (with pruning, the early forks' branches then meet
+    # the best pre-trained rivals at their rungs).
+    assert tree.more("b") == ["tp-L200-w0.3-s0"]
     assert tree.more("b") == ["tp-L200-w0.5-s0"]
-    assert tree.finished() and tree.chain("a") == ["pt-s0", "st-w0.5-s0", "tp-L200-w0.3-s0"]
+    tree.on_result({"segment": "st-w0.5-s0", "step": 300})
+    assert tree.more("a") == ["tp-L100-w0.3-s0"]
+    assert tree.more("b") == ["tp-L100-w0.5-s0"]
+    assert tree.finished() and tree.chain("a") == ["pt-s0", "st-w0.5-s0", "tp-L100-w0.3-s0"]
     assert tree.more("a") == []  # nothing left nor to come: "a" ends
     # A failed trial: its unfinished segments fail (their branches would never be issued).
     tree.on_complete("b", error=True)
-    assert tree.failed == ["tp-L200-w0.5-s0"] and "b" not in tree.running
+    assert tree.failed == ["tp-L100-w0.5-s0"] and "b" not in tree.running
     # Without slots (a GPU cluster that scales up), one segment at a time.
     alone = tree_for(load(SpaceConfig, SMOKE))
     assert [len(alone.suggest(t)) for t in "abc"] == [1, 1, 1]
@@ -159,7 +161,7 @@ def test_resumed_tree_keeps_what_tunes_trials_were_handed_and_the_hand_out_rules
     # before the branches (100), one segment to a trial.
     lost = next(i for i in tree.ready if i.startswith("st-"))
     assert tree.suggest("c") == [lost]
-    assert tree.more("a") == ["tp-L100-w0.3-s0"]
+    assert tree.more("a") == ["tp-L200-w0.3-s0"]
 
 
 def test_tree_deletes_a_fork_once_its_branches_have_their_own_checkpoints():
