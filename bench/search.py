@@ -1,6 +1,6 @@
 """Search beyond the grid: the tree with pruning and refinement against Optuna and random search.
 
-    .venv/bin/python -m bench.search                  # ~30 min on 2 cores; writes the JSON below
+    .venv/bin/python -m bench.search                  # ~25 min on 2 cores; writes the JSON below
     .venv/bin/python -m bench.search --seeds 0 --pretrain-steps 50 100 --finetune-steps 40
 
 One run, on the same local Ray, per seed, of six ways to spend optimizer steps on the two-phase
