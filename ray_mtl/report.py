@@ -543,6 +543,12 @@ def evaluation_sets_table(results: Results, curves: pd.DataFrame | None = None) 
     return table.sort_values(["set", "task", "method", "trial"], ignore_index=True)
 
 
+def _table(df: pd.DataFrame) -> str:
+    """A table for the page: 4 significant digits, and a missing value (NaN, or None, which
+    pandas would print as such: a static method's w, a one-seed std) an empty cell."""
+    return df.replace({None: np.nan}).to_html(index=False, na_rep="", float_format="{:.4g}".format)
+
+
 def _html(results: Results, fr: dict, images: dict[str, bytes], curves=None) -> str:
     figs = "\n".join(
         f'<h2>{FIGURES[name]}</h2>\n<a href="{name}.png"><img alt="{name}.png" '
@@ -550,22 +556,19 @@ def _html(results: Results, fr: dict, images: dict[str, bytes], curves=None) -> 
         for name, png in images.items()
     )
     summary = "".join(f"<li>{html.escape(s)}</li>" for s in summary_text(fr))
-    table = front_table(fr).to_html(index=False, na_rep="", float_format="{:.4g}".format)
-    stats = "\n".join(
-        t.to_html(index=False, na_rep="", float_format="{:.4g}".format)
-        for t in statistics_tables(fr)
-    )
+    table = _table(front_table(fr))
+    stats = "\n".join(_table(t) for t in statistics_tables(fr) if not t.empty)
     ppl = perplexity_table(results, fr, curves)
     if not ppl.empty:
-        ppl = ppl.to_html(index=False, na_rep="", float_format="{:.4g}".format)
+        ppl = _table(ppl)
         table += f"\n<h2>Perplexity of the frontier points (dev, per token)</h2>{ppl}"
     pruned = pruned_table(results)
     if not pruned.empty:
-        pruned = pruned.to_html(index=False, na_rep="", float_format="{:.4g}".format)
+        pruned = _table(pruned)
         table += f"\n<h2>Pruned trials (stopped at a rung, never on a front)</h2>{pruned}"
     extra = evaluation_sets_table(results, curves)
     if not extra.empty:
-        extra = extra.to_html(index=False, na_rep="", float_format="{:.4g}".format)
+        extra = _table(extra)
         table += f"\n<h2>Other evaluation sets (each task at its best dev weights)</h2>{extra}"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title(results))}</title>

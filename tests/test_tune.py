@@ -89,6 +89,7 @@ def test_smoke_frontier_and_report(smoke_sweep):
     assert all(len(client.get_metric_history(r.info.run_id, "dev/eng-ron/ce")) > 1 for r in runs)
     page = (smoke_sweep / "report" / "index.html").read_text()
     assert f"bleu scored by sacrebleu, signature {sigs['bleu'][0]}" in html.unescape(page)
+    assert "<td>None</td>" not in page  # one seed: no std, an empty cell
     for name in FIGURES:
         assert (smoke_sweep / "report" / f"{name}.png").stat().st_size > 10_000, name
         assert f"{name}.png" in page
