@@ -545,7 +545,7 @@ def evaluation_sets_table(results: Results, curves: pd.DataFrame | None = None) 
 
 def _table(df: pd.DataFrame) -> str:
     """A table for the page: 4 significant digits, and a missing value (NaN, or None, which
-    pandas would print as such: a static method's w, a one-seed std) an empty cell."""
+    pandas would print as such: a two-phase row's temperature, a one-seed std) an empty cell."""
     return df.replace({None: np.nan}).to_html(index=False, na_rep="", float_format="{:.4g}".format)
 
 

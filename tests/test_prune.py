@@ -6,6 +6,7 @@ the Tree's decisions, stops, resume and new branches (plain data: no Ray, no tor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -98,6 +99,26 @@ def test_tree_prunes_at_a_rung_and_its_decisions_stand():
     again = saved.resumed(live)
     assert again.decisions == tree.decisions and again.pruned == {b[2]: 125}
     assert b[2] not in again.ready
+
+
+def test_the_latest_forks_branches_go_first_and_beat_the_early_ones_at_their_rungs():
+    """Both forks exist when a slot frees up (the trunk ran ahead): the L 200 branches go first.
+    With 100 steps more pre-training they beat the L 100 branches at equal steps since their
+    forks, so those stop at their first rung (handed out first, they would have been judged
+    against each other alone, and none would have stopped)."""
+    space = pruned_space(rule="scaled_pareto")
+    tree = tree_of(dataclasses.replace(space, methods=["two_phase"]))
+    assert tree.suggest("t0") == ["pt-s0"]
+    for step in (100, 200):
+        tree.on_result({"segment": "pt-s0", "step": step, "checkpoint_path": f"/ck/{step}"})
+    order = []
+    while nxt := tree.more("t0"):
+        s = tree.segments[nxt[0]]
+        w, gain = float(s.id.split("-w")[1].split("-")[0]), s.start_step / 100
+        order.append(s.id)
+        tree.judge(s.id, s.rungs[0], {"eng-fra": 5 - gain + w, "eng-ron": 6 - gain - w})
+    assert [i.split("-w")[0] for i in order] == ["tp-L200"] * 3 + ["tp-L100"] * 3
+    assert set(tree.pruned) == {i for i in order if i.startswith("tp-L100")}
 
 
 def test_a_pruned_branch_ends_its_segment_and_frees_its_fork():
