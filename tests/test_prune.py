@@ -17,7 +17,7 @@ import yaml
 
 from ray_mtl.config import SpaceConfig, from_dict
 from ray_mtl.errors import UserError
-from ray_mtl.plan import Plan, plan
+from ray_mtl.plan import Plan, branch_rate, plan
 from ray_mtl.prune import crowding, nondominated_ranks, rank_keys, rung_steps, should_stop
 from ray_mtl.refine import Point, propose
 from ray_mtl.scheduler import Tree
@@ -114,7 +114,7 @@ def test_the_latest_forks_branches_go_first_and_beat_the_early_ones_at_their_run
     order = []
     while nxt := tree.more("t0"):
         s = tree.segments[nxt[0]]
-        w, gain = float(s.id.split("-w")[1].split("-")[0]), s.start_step / 100
+        w, gain = branch_rate(s, ["eng-ron"]), s.start_step / 100
         order.append(s.id)
         tree.judge(s.id, s.rungs[0], {"eng-fra": 5 - gain + w, "eng-ron": 6 - gain - w})
     assert [i.split("-w")[0] for i in order] == ["tp-L200"] * 3 + ["tp-L100"] * 3
